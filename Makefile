@@ -1,0 +1,68 @@
+# support-agent — `make run` starts the stack, `make test` runs the tests. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/support/v1/*.proto)
+STUBS := support/v1/__init__.py
+DIR ?= kb
+SUITE ?= evals/sample_kb.yaml
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install stubs run test lint fmt ingest bench eval soak compose-check k8s-check docker-lint clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	@touch $@
+
+install: $(STAMP) $(STUBS) ## Create .venv, install pinned dependencies, generate stubs
+
+$(STUBS): $(PROTOS) $(STAMP)
+	@mkdir -p support/v1
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	@touch support/__init__.py support/v1/__init__.py
+
+stubs: $(STUBS) ## Generate Python stubs from protos/ (grpcio-tools, with .pyi)
+
+run: install ## Start the three services on embedded defaults (ingests the sample KB if empty); Ctrl-C stops
+	$(PY) -m service_kit.stack
+
+test: install ## Lint, then run every test (real gRPC, ChromaDB, SQLite, grpcurl; fake LLM over HTTP)
+	@scripts/ensure_system_tools.sh
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff, mypy and buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+	cd protos && ../$(BIN)/buf lint
+
+fmt: install ## Format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+ingest: install ## Ingest DIR (default kb/) into the running retrieval service; PRUNE=1 removes vanished docs
+	$(BIN)/support-ingest $(if $(PRUNE),--prune) $(DIR)
+
+bench: install ## Benchmarks with baselines and targets; writes bench/results.json
+	$(PY) -m bench
+
+eval: install ## Score the agent on SUITE (default evals/sample_kb.yaml)
+	$(BIN)/support-eval $(SUITE)
+
+soak: install ## 10-minute soak at a steady rate (SOAK_SECONDS overrides)
+	$(PY) -m tests.soak --seconds $${SOAK_SECONDS:-600}
+
+clean: ## Remove the virtualenv, stubs and local data
+	rm -rf $(VENV) support data .pytest_cache .mypy_cache .ruff_cache *.egg-info

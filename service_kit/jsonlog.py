@@ -1,0 +1,53 @@
+"""JSON log lines on stdout: one object per line with time, severity, logger and message."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from service_kit.redact import redact
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="")
+
+# LogRecord attributes that are not user-supplied `extra=` fields.
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "severity": record.levelname,
+            "service": self._service,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if request_id := request_id_var.get():
+            entry["request_id"] = request_id
+        if conversation_id := conversation_id_var.get():
+            entry["conversation_id"] = conversation_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    """Called once from a service's main(); replaces any handlers on the root logger."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
