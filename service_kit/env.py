@@ -70,7 +70,9 @@ def env_bool(name: str, default: bool, environ: Mapping[str, str] | None = None)
     raise ConfigError(f"{name}={raw!r} is not a boolean (use true/false)")
 
 
-def env_list(name: str, default: tuple[str, ...], environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+def env_list(
+    name: str, default: tuple[str, ...], environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
     """Comma-separated list; empty items dropped."""
     raw = env_opt(name, environ)
     if raw is None:

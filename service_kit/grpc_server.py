@@ -48,16 +48,14 @@ async def set_status(
     service_names: Sequence[str],
     serving: bool,
 ) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *service_names):
         await health_servicer.set(name, status)
 
 
 def bind(server: grpc.aio.Server, address: str) -> int:
     """Binds an insecure port; returns the port actually bound (useful with port 0)."""
-    port = server.add_insecure_port(address)
+    port: int = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
     return port

@@ -1,0 +1,273 @@
+"""A scripted OpenAI-compatible Chat Completions server (aiohttp), so the real `openai` client is exercised.
+
+A responder decides each reply from the request body. Replies can be text, tool calls, HTTP errors, delays,
+hangs or malformed bodies; `stream: true` requests get Server-Sent Events with content and tool-call deltas,
+the way OpenAI streams them. Every request body is recorded in `requests`.
+
+    server = ScriptedOpenAIServer([Reply(tool_calls=[ToolCallSpec("lookup_order_status", '{"order_id": "ORD-12345"}')]),
+                                   Reply(content="Shipped.")])
+    base_url = await server.start()      # http://127.0.0.1:<port>/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+Request = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallSpec:
+    name: str
+    arguments: str
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    content: str | None = None
+    tool_calls: Sequence[ToolCallSpec] = ()
+    status: int = 200
+    delay: float = 0.0
+    hang: bool = False
+    malformed: bool = False
+    prompt_tokens: int = 50
+    completion_tokens: int = 20
+    # Characters per streamed content delta.
+    chunk_chars: int = 8
+
+
+Responder = Callable[[Request], "Reply | Awaitable[Reply]"]
+
+_ids = itertools.count(1)
+
+
+class ScriptedOpenAIServer:
+    """Serves POST /v1/chat/completions from a responder or a fixed sequence of replies."""
+
+    def __init__(
+        self,
+        script: Responder | Sequence[Reply],
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if callable(script):
+            self._responder: Responder = script
+        else:
+            replies = list(script)
+
+            def next_reply(_: Request) -> Reply:
+                if not replies:
+                    return Reply(status=500, content="script exhausted")
+                return replies.pop(0)
+
+            self._responder = next_reply
+        self.latency = latency
+        self.requests: list[Request] = []
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self.base_url = f"http://{self._host}:{port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ScriptedOpenAIServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _handle(self, http_request: web.Request) -> web.StreamResponse:
+        body: Request = await http_request.json()
+        self.requests.append(body)
+        reply = self._responder(body)
+        if inspect.isawaitable(reply):
+            reply = await reply
+        delay = self.latency + reply.delay
+        if delay:
+            await asyncio.sleep(delay)
+        if reply.hang:
+            await asyncio.sleep(3600)
+        if reply.status != 200:
+            return web.json_response(
+                {"error": {"message": reply.content or "scripted failure", "type": "server_error"}},
+                status=reply.status,
+            )
+        model = str(body.get("model", "scripted"))
+        if body.get("stream"):
+            return await self._stream(http_request, body, reply, model)
+        if reply.malformed:
+            return web.Response(text='{"id": "broken", "choices": [', content_type="application/json")
+        return web.json_response(_completion(reply, model))
+
+    async def _stream(
+        self, http_request: web.Request, body: Request, reply: Reply, model: str
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(http_request)
+        completion_id = f"chatcmpl-{next(_ids)}"
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        if reply.malformed:
+            await response.write(b"data: {not json\n\n")
+            await response.write_eof()
+            return response
+        text = reply.content or ""
+        for start in range(0, len(text), max(1, reply.chunk_chars)):
+            await send({"content": text[start : start + reply.chunk_chars]})
+        for index, call in enumerate(reply.tool_calls):
+            call_id = call.id or f"call_{next(_ids)}"
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            half = len(call.arguments) // 2
+            for piece in (call.arguments[:half], call.arguments[half:]):
+                await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+        await send({}, "tool_calls" if reply.tool_calls else "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage_chunk = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [],
+                "usage": _usage(reply),
+            }
+            await response.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+def _completion(reply: Reply, model: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id or f"call_{next(_ids)}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in reply.tool_calls
+        ]
+    return {
+        "id": f"chatcmpl-{next(_ids)}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+            }
+        ],
+        "usage": _usage(reply),
+    }
+
+
+def last_user_message(request: Request) -> str:
+    for message in reversed(request.get("messages", [])):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
+
+
+def has_tool_result(request: Request) -> bool:
+    """True when the conversation sent since the last user message already holds a tool result."""
+    for message in reversed(request.get("messages", [])):
+        if message.get("role") == "tool":
+            return True
+        if message.get("role") == "user":
+            return False
+    return False
+
+
+def tool_then_answer(request: Request) -> Reply:
+    """One tool round per turn: look the order up, then answer. Used by the benchmarks."""
+    if not has_tool_result(request):
+        return Reply(tool_calls=[ToolCallSpec("lookup_order_status", '{"order_id": "ORD-12345"}')])
+    return Reply(content="Your order ORD-12345 has shipped; tracking number 1Z999AA10123456784.")
+
+
+SCRIPTS: dict[str, Responder] = {"tool-then-answer": tool_then_answer}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Scripted OpenAI-compatible server for tests and benchmarks."
+    )
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
+    parser.add_argument("--script", choices=sorted(SCRIPTS), default="tool-then-answer")
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        server = ScriptedOpenAIServer(SCRIPTS[args.script], latency=args.latency, port=args.port)
+        print(await server.start(), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
