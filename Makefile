@@ -12,10 +12,10 @@ SUITE ?= evals/sample_kb.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install stubs run test lint fmt ingest bench eval soak compose-check k8s-check docker-lint clean
+.PHONY: help install stubs run test lint fmt ingest chat tickets bench bench-retrieval eval soak clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -55,8 +55,14 @@ fmt: install ## Format the code with ruff
 ingest: install ## Ingest DIR (default kb/) into the running retrieval service; PRUNE=1 removes vanished docs
 	$(BIN)/support-ingest $(if $(PRUNE),--prune) $(DIR)
 
+chat: install ## Interactive terminal chat over StreamChat (CUSTOMER=cust-001)
+	$(BIN)/support-chat --customer-id $${CUSTOMER:-cust-001}
+
 bench: install ## Benchmarks with baselines and targets; writes bench/results.json
 	$(PY) -m bench
+
+bench-retrieval: install ## Retrieval benchmark on a synthetic 100k-chunk collection (CHUNKS overrides)
+	$(PY) -m bench.retrieval $(if $(CHUNKS),--chunks $(CHUNKS))
 
 eval: install ## Score the agent on SUITE (default evals/sample_kb.yaml)
 	$(BIN)/support-eval $(SUITE)
