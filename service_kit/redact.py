@@ -27,8 +27,19 @@ def _card(match: re.Match[str]) -> str:
     return "[card]" if _luhn_ok(digits) else match.group(0)
 
 
+# Things that look like phone numbers but are not: IPv4 addresses, ISO dates and times, decimals.
+_NOT_PHONE = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}|\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}.*)?|\d+\.\d+)$")
+
+
+def _phone(match: re.Match[str]) -> str:
+    candidate = match.group(0)
+    if _NOT_PHONE.match(candidate) or sum(char.isdigit() for char in candidate) < 9:
+        return candidate
+    return "[phone]"
+
+
 def redact(text: str) -> str:
     """Replaces emails, Luhn-valid card numbers and phone-like numbers with placeholders."""
     text = _EMAIL.sub("[email]", text)
     text = _CARD.sub(_card, text)
-    return _PHONE.sub("[phone]", text)
+    return _PHONE.sub(_phone, text)

@@ -1,0 +1,111 @@
+"""One SQLite connection (WAL) used from one worker thread, so the event loop never blocks on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id        TEXT PRIMARY KEY,
+    customer_id     TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    tracking_number TEXT,
+    carrier         TEXT,
+    eta             TEXT
+);
+CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id);
+
+CREATE TABLE IF NOT EXISTS tickets (
+    ticket_id       TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    customer_id     TEXT NOT NULL,
+    priority        TEXT NOT NULL CHECK (priority IN ('low', 'medium', 'high')),
+    reason_code     TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    summary         TEXT NOT NULL,
+    tools_tried     TEXT NOT NULL,  -- JSON array of tool names
+    sources         TEXT NOT NULL,  -- JSON array of {doc_id, title, chunk_id, distance}
+    status          TEXT NOT NULL CHECK (status IN ('open', 'assigned', 'resolved')),
+    assignee        TEXT NOT NULL DEFAULT '',
+    resolution_note TEXT NOT NULL DEFAULT '',
+    estimated_wait  TEXT NOT NULL,
+    idempotency_key TEXT,           -- NULL when the caller gave none (NULLs never collide)
+    payload_hash    TEXT NOT NULL,
+    create_time     REAL NOT NULL,
+    update_time     REAL NOT NULL,
+    UNIQUE (conversation_id, idempotency_key)
+);
+-- At most one open (OPEN or ASSIGNED) ticket per conversation.
+CREATE UNIQUE INDEX IF NOT EXISTS tickets_one_open_per_conversation
+    ON tickets (conversation_id) WHERE status IN ('open', 'assigned');
+CREATE INDEX IF NOT EXISTS tickets_by_customer ON tickets (customer_id, create_time);
+
+CREATE TABLE IF NOT EXISTS ticket_messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ticket_id   TEXT NOT NULL REFERENCES tickets (ticket_id),
+    author      TEXT NOT NULL CHECK (author IN ('customer', 'human_agent')),
+    author_name TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    create_time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ticket_messages_by_ticket ON ticket_messages (ticket_id, id);
+"""
+
+
+class SqliteDatabase:
+    """Serialises every statement on one thread; open() creates the file, WAL mode and the schema."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tools-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def open(self) -> None:
+        await self.run(lambda _conn: None)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._conn is None:
+                self._open()
+            assert self._conn is not None
+            return fn(self._conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def close(self) -> None:
+        def shutdown() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shutdown)
+        self._executor.shutdown(wait=True)
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Runs fn inside BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result

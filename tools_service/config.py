@@ -1,0 +1,77 @@
+"""tools_service configuration, read once from the environment."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from service_kit.env import ConfigError, env_bool, env_float, env_int, env_opt, env_str
+
+DEFAULT_ADDR = "127.0.0.1:50053"
+DEFAULT_ORDER_ID_PATTERN = r"^ORD-\d{5}$"
+ORDER_BACKENDS = ("sqlite", "http")
+
+
+@dataclass(frozen=True)
+class Config:
+    addr: str = DEFAULT_ADDR
+    data_dir: Path = Path("./data")
+    log_level: str = "INFO"
+    order_id_pattern: str = DEFAULT_ORDER_ID_PATTERN
+    # Every backend call runs under this timeout and under the caller's gRPC deadline, whichever is sooner.
+    tool_timeout_seconds: float = 10.0
+    limit_per_conversation: int = 20
+    limit_per_customer_per_minute: int = 30
+    limit_identical_calls: int = 3
+    order_backend: str = "sqlite"
+    order_api_url: str | None = None
+    # "Header-Name: value", e.g. "Authorization: Bearer s3cret".
+    order_api_auth_header: str | None = None
+    order_api_timeout_seconds: float = 5.0
+    order_api_retries: int = 2
+    # Seed the demo orders into an empty SQLite order store on start.
+    seed_demo_data: bool = True
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "tools.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        pattern = env_str("ORDER_ID_PATTERN", DEFAULT_ORDER_ID_PATTERN, environ)
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ConfigError(
+                f"ORDER_ID_PATTERN={pattern!r} is not a valid regular expression: {error}"
+            ) from None
+        backend = env_str("ORDER_BACKEND", "sqlite", environ).lower()
+        if backend not in ORDER_BACKENDS:
+            raise ConfigError(f"ORDER_BACKEND={backend!r} must be one of {', '.join(ORDER_BACKENDS)}")
+        api_url = env_opt("ORDER_API_URL", environ)
+        if backend == "http" and api_url is None:
+            raise ConfigError("ORDER_BACKEND=http needs ORDER_API_URL")
+        auth_header = env_opt("ORDER_API_AUTH_HEADER", environ)
+        if auth_header is not None and ":" not in auth_header:
+            raise ConfigError("ORDER_API_AUTH_HEADER must look like 'Header-Name: value'")
+        timeout = env_float("TOOL_TIMEOUT_SECONDS", 10.0, environ, minimum=0.001)
+        return cls(
+            addr=env_str("TOOLS_ADDR", DEFAULT_ADDR, environ),
+            data_dir=Path(env_str("DATA_DIR", "./data", environ)),
+            log_level=env_str("LOG_LEVEL", "INFO", environ),
+            order_id_pattern=pattern,
+            tool_timeout_seconds=timeout,
+            limit_per_conversation=env_int("TOOL_LIMIT_PER_CONVERSATION", 20, environ, minimum=1),
+            limit_per_customer_per_minute=env_int(
+                "TOOL_LIMIT_PER_CUSTOMER_PER_MINUTE", 30, environ, minimum=1
+            ),
+            limit_identical_calls=env_int("TOOL_LIMIT_IDENTICAL_CALLS", 3, environ, minimum=1),
+            order_backend=backend,
+            order_api_url=api_url,
+            order_api_auth_header=auth_header,
+            order_api_timeout_seconds=env_float("ORDER_API_TIMEOUT_SECONDS", 5.0, environ, minimum=0.001),
+            order_api_retries=env_int("ORDER_API_RETRIES", 2, environ, minimum=0),
+            seed_demo_data=env_bool("TOOLS_SEED_DEMO_DATA", True, environ),
+        )

@@ -1,0 +1,79 @@
+"""Order lookup: id validation, caller ownership and the backend port. No gRPC here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from tools_service.deadlines import budget, with_timeout
+from tools_service.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
+
+ORDER_STATUSES = ("processing", "shipped", "delivered", "cancelled", "returned")
+MAX_ORDER_ID_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    customer_id: str
+    status: str  # one of ORDER_STATUSES
+    tracking_number: str | None
+    carrier: str | None
+    eta: str | None  # YYYY-MM-DD
+
+    def to_tool_content(self) -> dict[str, str | None]:
+        """What the model sees on success (never the owner)."""
+        return {
+            "order_id": self.order_id,
+            "status": self.status,
+            "tracking_number": self.tracking_number,
+            "carrier": self.carrier,
+            "eta": self.eta,
+        }
+
+
+class OrderBackend(Protocol):
+    """Where orders live: the SQLite demo store or the company's order API."""
+
+    async def get_order(self, order_id: str) -> Order | None:
+        """The order, or None when it does not exist. Raises BackendUnavailableError on failure."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# The one message for both "missing" and "another customer's": byte-identical whatever the id, so neither the
+# model nor the caller can tell them apart (and nothing of the asked id is echoed back).
+NOT_FOUND_MESSAGE = (
+    "No order with that id was found for this customer; ask the customer to check the order id."
+)
+
+
+class OrderService:
+    def __init__(self, backend: OrderBackend, order_id_pattern: str, timeout_seconds: float) -> None:
+        self._backend = backend
+        # ASCII: `\d` must not accept other scripts' digits; fullmatch: `$` must not accept a trailing newline.
+        self._pattern = re.compile(order_id_pattern, re.ASCII)
+        self._timeout = timeout_seconds
+
+    def validate_order_id(self, order_id: str) -> str:
+        if not order_id:
+            raise InvalidArgumentError("order_id", "order_id is required.")
+        if len(order_id) > MAX_ORDER_ID_LENGTH or not self._pattern.fullmatch(order_id):
+            raise InvalidArgumentError(
+                "order_id",
+                f"order_id must match {self._pattern.pattern} (for example ORD-12345).",
+            )
+        return order_id
+
+    async def lookup(self, customer_id: str, order_id: str, deadline_remaining: float | None) -> Order:
+        """The caller's order. Another customer's order raises the same NotFoundError as a missing one."""
+        self.validate_order_id(order_id)
+        if not customer_id:
+            raise UnauthenticatedError("The customer is not identified, so no order details can be shown.")
+        seconds = budget(self._timeout, deadline_remaining)
+        order = await with_timeout(self._backend.get_order(order_id), seconds, "order system")
+        if order is None or order.customer_id != customer_id:
+            raise NotFoundError(NOT_FOUND_MESSAGE)
+        return order

@@ -1,0 +1,287 @@
+"""Helpdesk tickets: the escalation payload, access rules and lifecycle OPEN → ASSIGNED → RESOLVED. No gRPC here.
+
+Callers: a request with `x-customer-id` is a *customer* caller and sees only that customer's tickets (others are
+NOT_FOUND); a request without it is a *helpdesk* caller (a human agent's tool, the CLI) and sees every ticket.
+Claiming and resolving are helpdesk actions; a customer may only append CUSTOMER messages to their own tickets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from tools_service.deadlines import budget, with_timeout
+from tools_service.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from tools_service.text_checks import check_text, clean_message
+
+PRIORITIES = ("low", "medium", "high")
+REASON_CODES = (
+    "customer_request",
+    "negative_sentiment",
+    "sensitive_topic",
+    "low_confidence",
+    "tool_failure",
+    "loop_limit",
+    "model_initiated",
+    "conversation_limit",
+)
+STATUSES = ("open", "assigned", "resolved")
+OPEN_STATUSES = ("open", "assigned")
+AUTHORS = ("customer", "human_agent")
+
+MAX_ID_LENGTH = 128
+MAX_REASON_LENGTH = 500
+MAX_SUMMARY_LENGTH = 4000
+MAX_MESSAGE_LENGTH = 4000
+MAX_NAME_LENGTH = 100
+MAX_LIST_ITEMS = 50
+LIST_LIMIT = 200
+
+ESTIMATED_WAIT = {"high": "about 5 minutes", "medium": "about 30 minutes", "low": "within 24 hours"}
+
+
+@dataclass(frozen=True)
+class Source:
+    doc_id: str
+    title: str
+    chunk_id: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class TicketMessage:
+    author: str  # one of AUTHORS
+    author_name: str
+    text: str
+    create_time: float
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket_id: str
+    conversation_id: str
+    customer_id: str
+    priority: str
+    reason_code: str
+    reason: str
+    summary: str
+    tools_tried: tuple[str, ...]
+    sources: tuple[Source, ...]
+    status: str
+    assignee: str
+    resolution_note: str
+    estimated_wait: str
+    create_time: float
+    update_time: float
+    messages: tuple[TicketMessage, ...] = ()
+
+    def to_tool_content(self) -> dict[str, str]:
+        """What the model sees after escalate_to_human."""
+        return {
+            "ticket_id": self.ticket_id,
+            "status": self.status,
+            "priority": self.priority,
+            "estimated_wait": self.estimated_wait,
+        }
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """A validated request to hand a conversation to a human."""
+
+    conversation_id: str
+    customer_id: str
+    priority: str
+    reason_code: str
+    reason: str
+    summary: str = ""
+    tools_tried: tuple[str, ...] = ()
+    sources: tuple[Source, ...] = field(default_factory=tuple)
+    idempotency_key: str = ""
+
+    def payload_hash(self) -> str:
+        """Identifies the payload: the same idempotency key with a different hash is a conflict."""
+        payload = asdict(self)
+        payload.pop("idempotency_key")
+        encoded = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+class TicketStore(Protocol):
+    """Durable tickets. `create` is idempotent per (conversation_id, idempotency_key) and keeps at most one
+    open ticket per conversation; both through UNIQUE constraints, never check-then-insert."""
+
+    async def create(
+        self, ticket_id: str, escalation: Escalation, estimated_wait: str, now: float
+    ) -> tuple[Ticket, bool]:
+        """(ticket, created). Raises ConflictError for a known key with a different payload."""
+        ...
+
+    async def get(self, ticket_id: str) -> Ticket | None: ...
+
+    async def list(self, conversation_id: str, customer_id: str, open_only: bool, limit: int) -> list[Ticket]:
+        """Newest first; empty conversation_id/customer_id means no filter on it."""
+        ...
+
+    async def claim(self, ticket_id: str, assignee: str, now: float) -> Ticket: ...
+
+    async def resolve(self, ticket_id: str, note: str, now: float) -> Ticket: ...
+
+    async def append_message(self, ticket_id: str, message: TicketMessage) -> Ticket: ...
+
+
+def new_ticket_id() -> str:
+    """TKT- + 12 random base32 characters (60 bits): unique, unguessable, never a fixed demo id."""
+    return "TKT-" + "".join(secrets.choice("0123456789ABCDEFGHJKMNPQRSTVWXYZ") for _ in range(12))
+
+
+def _check_id(field_name: str, value: str) -> str:
+    return check_text(field_name, value, MAX_ID_LENGTH, required=True, multiline=False)
+
+
+def validate_escalation(
+    *,
+    conversation_id: str,
+    customer_id: str,
+    priority: str,
+    reason_code: str,
+    reason: str,
+    summary: str = "",
+    tools_tried: tuple[str, ...] = (),
+    sources: tuple[Source, ...] = (),
+    idempotency_key: str = "",
+) -> Escalation:
+    """Checks an escalation from any caller: enums, lengths, control characters. Text the *model* wrote is
+    also checked for prompt-injection strings, by the tool runner, before it gets here; the agent's own
+    summary may quote the customer verbatim and is not."""
+    if priority not in PRIORITIES:
+        raise InvalidArgumentError("priority", f"priority must be one of {', '.join(PRIORITIES)}.")
+    if reason_code not in REASON_CODES:
+        raise InvalidArgumentError("reason_code", "reason_code is required.")
+    if len(tools_tried) > MAX_LIST_ITEMS:
+        raise InvalidArgumentError("tools_tried", f"tools_tried has more than {MAX_LIST_ITEMS} items.")
+    if len(sources) > MAX_LIST_ITEMS:
+        raise InvalidArgumentError("sources", f"sources has more than {MAX_LIST_ITEMS} items.")
+    return Escalation(
+        conversation_id=_check_id("conversation_id", conversation_id),
+        customer_id=customer_id,
+        priority=priority,
+        reason_code=reason_code,
+        reason=check_text("reason", reason, MAX_REASON_LENGTH, required=True, multiline=True),
+        summary=check_text("summary", summary, MAX_SUMMARY_LENGTH, required=False, multiline=True),
+        tools_tried=tuple(
+            check_text("tools_tried", name, MAX_NAME_LENGTH, required=True, multiline=False)
+            for name in tools_tried
+        ),
+        sources=sources,
+        idempotency_key=(
+            check_text("idempotency_key", idempotency_key, MAX_ID_LENGTH, required=False, multiline=False)
+        ),
+    )
+
+
+class TicketService:
+    def __init__(self, store: TicketStore, timeout_seconds: float) -> None:
+        self._store = store
+        self._timeout = timeout_seconds
+
+    async def _visible(self, customer_id: str, ticket_id: str, deadline: float | None) -> Ticket:
+        _check_id("ticket_id", ticket_id)
+        ticket = await with_timeout(
+            self._store.get(ticket_id), budget(self._timeout, deadline), "ticket system"
+        )
+        if ticket is None or (customer_id and ticket.customer_id != customer_id):
+            raise NotFoundError(f"No ticket {ticket_id} was found.")
+        return ticket
+
+    @staticmethod
+    def _helpdesk_only(customer_id: str, action: str) -> None:
+        if customer_id:
+            raise PermissionDeniedError(f"Only a helpdesk caller (no x-customer-id) may {action} a ticket.")
+
+    async def escalate(self, escalation: Escalation, deadline: float | None) -> tuple[Ticket, bool]:
+        seconds = budget(self._timeout, deadline)
+        wait = ESTIMATED_WAIT[escalation.priority]
+        return await with_timeout(
+            self._store.create(new_ticket_id(), escalation, wait, time.time()), seconds, "ticket system"
+        )
+
+    async def get(self, customer_id: str, ticket_id: str, deadline: float | None) -> Ticket:
+        return await self._visible(customer_id, ticket_id, deadline)
+
+    async def list(
+        self, customer_id: str, conversation_id: str, open_only: bool, deadline: float | None
+    ) -> list[Ticket]:
+        if conversation_id:
+            _check_id("conversation_id", conversation_id)
+        return await with_timeout(
+            self._store.list(conversation_id, customer_id, open_only, LIST_LIMIT),
+            budget(self._timeout, deadline),
+            "ticket system",
+        )
+
+    async def claim(self, customer_id: str, ticket_id: str, assignee: str, deadline: float | None) -> Ticket:
+        self._helpdesk_only(customer_id, "claim")
+        assignee = check_text("assignee", assignee, MAX_NAME_LENGTH, required=True, multiline=False)
+        await self._visible(customer_id, ticket_id, deadline)
+        return await with_timeout(
+            self._store.claim(ticket_id, assignee, time.time()),
+            budget(self._timeout, deadline),
+            "ticket system",
+        )
+
+    async def resolve(self, customer_id: str, ticket_id: str, note: str, deadline: float | None) -> Ticket:
+        self._helpdesk_only(customer_id, "resolve")
+        note = check_text("resolution_note", note, MAX_MESSAGE_LENGTH, required=True, multiline=True)
+        await self._visible(customer_id, ticket_id, deadline)
+        return await with_timeout(
+            self._store.resolve(ticket_id, note, time.time()),
+            budget(self._timeout, deadline),
+            "ticket system",
+        )
+
+    async def append(
+        self,
+        customer_id: str,
+        ticket_id: str,
+        author: str,
+        author_name: str,
+        text: str,
+        deadline: float | None,
+    ) -> Ticket:
+        if author not in AUTHORS:
+            raise InvalidArgumentError(
+                "author", "author must be MESSAGE_AUTHOR_CUSTOMER or MESSAGE_AUTHOR_HUMAN_AGENT."
+            )
+        if author == "human_agent":
+            self._helpdesk_only(customer_id, "reply on")
+            author_name = check_text(
+                "author_name", author_name, MAX_NAME_LENGTH, required=True, multiline=False
+            )
+        else:
+            author_name = check_text(
+                "author_name", author_name, MAX_NAME_LENGTH, required=False, multiline=False
+            )
+        # Chat text is stored for a human to read: control characters are dropped rather than refused (the
+        # customer's message must reach the human), and "injection" phrases are kept (anyone may quote them).
+        text = clean_message(text)
+        if not text:
+            raise InvalidArgumentError("text", "text is required.")
+        if len(text) > MAX_MESSAGE_LENGTH:
+            raise InvalidArgumentError("text", f"text is longer than {MAX_MESSAGE_LENGTH} characters.")
+        ticket = await self._visible(customer_id, ticket_id, deadline)
+        if ticket.status == "resolved":
+            raise FailedPreconditionError(f"Ticket {ticket_id} is resolved; messages can no longer be added.")
+        message = TicketMessage(author=author, author_name=author_name, text=text, create_time=time.time())
+        return await with_timeout(
+            self._store.append_message(ticket_id, message), budget(self._timeout, deadline), "ticket system"
+        )

@@ -1,0 +1,150 @@
+"""`support-tickets`: a human agent's helpdesk CLI over support.v1.ToolsService.
+
+    support-tickets [--addr HOST:PORT] list [--open] [--conversation ID]
+    support-tickets show TICKET_ID
+    support-tickets claim TICKET_ID --as NAME
+    support-tickets reply TICKET_ID --as NAME TEXT
+    support-tickets resolve TICKET_ID --note TEXT
+
+Calls are made as a helpdesk caller (no x-customer-id). Exit status: 0 ok, 1 the call failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import grpc
+
+from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
+from tools_service.config import DEFAULT_ADDR
+
+TIMEOUT_SECONDS = 10.0
+
+
+def _short(enum_name: str, prefix: str) -> str:
+    return enum_name.removeprefix(prefix).lower()
+
+
+def _when(stamp: object) -> str:
+    seconds = getattr(stamp, "seconds", 0)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if seconds else "-"
+
+
+def _line(ticket: tools_pb2.Ticket) -> str:
+    status = _short(tools_pb2.TicketStatus.Name(ticket.status), "TICKET_STATUS_")
+    priority = _short(types_pb2.Priority.Name(ticket.priority), "PRIORITY_")
+    assignee = ticket.assignee or "-"
+    return (
+        f"{ticket.ticket_id:<18} {status:<9} {priority:<7} {assignee:<12} "
+        f"{ticket.conversation_id:<20} {_when(ticket.create_time)}  {ticket.reason[:60]}"
+    )
+
+
+def _details(ticket: tools_pb2.Ticket) -> str:
+    reason_code = _short(types_pb2.EscalationReason.Name(ticket.reason_code), "ESCALATION_REASON_")
+    lines = [
+        f"ticket          {ticket.ticket_id}",
+        f"status          {_short(tools_pb2.TicketStatus.Name(ticket.status), 'TICKET_STATUS_')}",
+        f"priority        {_short(types_pb2.Priority.Name(ticket.priority), 'PRIORITY_')}",
+        f"conversation    {ticket.conversation_id}",
+        f"customer        {ticket.customer_id or '-'}",
+        f"reason          {reason_code}: {ticket.reason}",
+        f"summary         {ticket.summary or '-'}",
+        f"tools tried     {', '.join(ticket.tools_tried) or '-'}",
+        f"sources         {', '.join(f'{s.doc_id}#{s.chunk_id}' for s in ticket.sources) or '-'}",
+        f"assignee        {ticket.assignee or '-'}",
+        f"created         {_when(ticket.create_time)}",
+        f"updated         {_when(ticket.update_time)}",
+    ]
+    if ticket.resolution_note:
+        lines.append(f"resolution      {ticket.resolution_note}")
+    lines.append(f"messages        {len(ticket.messages)}")
+    for message in ticket.messages:
+        author = "customer" if message.author == tools_pb2.MESSAGE_AUTHOR_CUSTOMER else message.author_name
+        lines.append(f"  [{_when(message.create_time)}] {author}: {message.text}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="support-tickets", description="List, claim, reply on and resolve tickets."
+    )
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("TOOLS_ADDR", DEFAULT_ADDR),
+        help="tools_service address (TOOLS_ADDR)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="list tickets, newest first")
+    listing.add_argument("--open", action="store_true", help="only OPEN and ASSIGNED tickets")
+    listing.add_argument("--conversation", default="", help="only this conversation's tickets")
+    show = commands.add_parser("show", help="show one ticket with its messages")
+    show.add_argument("ticket_id")
+    claim = commands.add_parser("claim", help="take a ticket: the conversation becomes human-owned")
+    claim.add_argument("ticket_id")
+    claim.add_argument("--as", dest="name", required=True, help="your agent name")
+    reply = commands.add_parser("reply", help="reply to the customer on a ticket")
+    reply.add_argument("ticket_id")
+    reply.add_argument("--as", dest="name", required=True, help="your agent name")
+    reply.add_argument("text")
+    resolve = commands.add_parser(
+        "resolve", help="resolve a ticket and hand the conversation back to the bot"
+    )
+    resolve.add_argument("ticket_id")
+    resolve.add_argument("--note", required=True, help="what was done; recorded in the conversation history")
+    return parser
+
+
+def _run(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str:
+    if args.command == "list":
+        request = tools_pb2.ListTicketsRequest(conversation_id=args.conversation, open_only=args.open)
+        tickets = stub.ListTickets(request, timeout=TIMEOUT_SECONDS).tickets
+        if not tickets:
+            return "no tickets"
+        header = f"{'TICKET':<18} {'STATUS':<9} {'PRIO':<7} {'ASSIGNEE':<12} {'CONVERSATION':<20} {'CREATED':<21} REASON"
+        return "\n".join([header, *(_line(t) for t in tickets)])
+    if args.command == "show":
+        return _details(
+            stub.GetTicket(
+                tools_pb2.GetTicketRequest(ticket_id=args.ticket_id), timeout=TIMEOUT_SECONDS
+            ).ticket
+        )
+    if args.command == "claim":
+        claim = tools_pb2.ClaimTicketRequest(ticket_id=args.ticket_id, assignee=args.name)
+        ticket = stub.ClaimTicket(claim, timeout=TIMEOUT_SECONDS).ticket
+        return f"{ticket.ticket_id} claimed by {ticket.assignee}"
+    if args.command == "reply":
+        reply = tools_pb2.AppendTicketMessageRequest(
+            ticket_id=args.ticket_id,
+            text=args.text,
+            author=tools_pb2.MESSAGE_AUTHOR_HUMAN_AGENT,
+            author_name=args.name,
+        )
+        ticket = stub.AppendTicketMessage(reply, timeout=TIMEOUT_SECONDS).ticket
+        return f"reply added to {ticket.ticket_id}; messages on the ticket: {len(ticket.messages)}"
+    resolve = tools_pb2.ResolveTicketRequest(ticket_id=args.ticket_id, resolution_note=args.note)
+    ticket = stub.ResolveTicket(resolve, timeout=TIMEOUT_SECONDS).ticket
+    return f"{ticket.ticket_id} resolved; the conversation is back with the bot"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            print(_run(args, stub))
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            name = code.name if code is not None else "ERROR"
+            print(f"support-tickets: {name}: {details}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
