@@ -1,0 +1,128 @@
+"""Replays a suite's conversations over AgentService.Chat and records every response."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+
+from service_kit.metadata import CUSTOMER_ID_KEY
+from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from support_eval.records import (
+    ConversationRecord,
+    EscalationRecord,
+    SourceRecord,
+    ToolCallRecord,
+    TurnRecord,
+)
+from support_eval.suite import ConversationSpec, Suite
+
+CHAT_TIMEOUT_SECONDS = 60.0
+
+_PRIORITY_NAMES = {
+    types_pb2.PRIORITY_UNSPECIFIED: "unspecified",
+    types_pb2.PRIORITY_LOW: "low",
+    types_pb2.PRIORITY_MEDIUM: "medium",
+    types_pb2.PRIORITY_HIGH: "high",
+}
+_STATE_NAMES = {
+    agent_pb2.CONVERSATION_STATE_UNSPECIFIED: "unspecified",
+    agent_pb2.CONVERSATION_STATE_BOT: "bot",
+    agent_pb2.CONVERSATION_STATE_PENDING_HUMAN: "pending_human",
+    agent_pb2.CONVERSATION_STATE_HUMAN: "human",
+}
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def turn_record(message: str, response: agent_pb2.ChatResponse, latency_ms: float) -> TurnRecord:
+    """The proto response as plain data."""
+    escalation = None
+    if response.HasField("escalation"):
+        reason = types_pb2.EscalationReason.Name(response.escalation.reason)
+        escalation = EscalationRecord(
+            ticket_id=response.escalation.ticket_id,
+            priority=_PRIORITY_NAMES.get(response.escalation.priority, "unspecified"),
+            reason=reason.removeprefix("ESCALATION_REASON_").lower(),
+            detail=response.escalation.detail,
+        )
+    return TurnRecord(
+        message=message,
+        reply=response.reply,
+        tool_calls=tuple(
+            ToolCallRecord(call.name, call.arguments_json, call.result_json, call.is_error)
+            for call in response.tool_calls
+        ),
+        escalation=escalation,
+        sources=tuple(
+            SourceRecord(source.doc_id, source.chunk_id, source.title, round(source.distance, 4))
+            for source in response.sources
+        ),
+        knowledge_gap=response.knowledge_gap,
+        state=_STATE_NAMES.get(response.state, "unspecified"),
+        model=response.usage.model,
+        fallback=response.usage.fallback,
+        guardrail_flags=tuple(flag.rule for flag in response.guardrail_flags),
+        latency_ms=latency_ms,
+        turn_id=response.turn_id,
+    )
+
+
+async def run_conversation(
+    stub: agent_pb2_grpc.AgentServiceStub,
+    spec: ConversationSpec,
+    run_id: str,
+    call_timeout: float = CHAT_TIMEOUT_SECONDS,
+) -> ConversationRecord:
+    """Every turn in order on a fresh conversation id; a failed RPC is recorded and the next turn still runs."""
+    conversation_id = f"eval-{run_id}-{spec.id}"
+    metadata = ((CUSTOMER_ID_KEY, spec.customer_id),)
+    turns: list[TurnRecord] = []
+    for index, turn in enumerate(spec.turns):
+        request = agent_pb2.ChatRequest(
+            conversation_id=conversation_id, message=turn.message, turn_id=f"{conversation_id}-t{index}"
+        )
+        started = time.perf_counter()
+        try:
+            response = await stub.Chat(request, metadata=metadata, timeout=call_timeout)
+        except grpc.aio.AioRpcError as error:
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            turns.append(
+                TurnRecord(
+                    message=turn.message,
+                    latency_ms=latency_ms,
+                    error=f"{error.code().name}: {error.details()}",
+                    turn_id=request.turn_id,
+                )
+            )
+            continue
+        turns.append(turn_record(turn.message, response, (time.perf_counter() - started) * 1000.0))
+    return ConversationRecord(spec.id, conversation_id, spec.customer_id, tuple(turns))
+
+
+async def run_suite(
+    suite: Suite,
+    agent_addr: str,
+    run_id: str | None = None,
+    call_timeout: float = CHAT_TIMEOUT_SECONDS,
+    concurrency: int = 1,
+    only: Sequence[str] = (),
+) -> list[ConversationRecord]:
+    """Conversations run `concurrency` at a time (turns within one always in order); results in suite order."""
+    run_id = run_id or new_run_id()
+    specs = [spec for spec in suite.conversations if not only or spec.id in only]
+    limit = asyncio.Semaphore(max(1, concurrency))
+    async with grpc.aio.insecure_channel(agent_addr) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=call_timeout)
+        stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+
+        async def one(spec: ConversationSpec) -> ConversationRecord:
+            async with limit:
+                return await run_conversation(stub, spec, run_id, call_timeout)
+
+        return list(await asyncio.gather(*(one(spec) for spec in specs)))
