@@ -12,7 +12,7 @@ SUITE ?= evals/sample_kb.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install stubs run test lint fmt ingest chat tickets bench bench-retrieval eval soak clean
+.PHONY: help install stubs run test lint fmt ingest chat bench bench-retrieval eval soak compose-check k8s-check docker-lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,17 @@ eval: install ## Score the agent on SUITE (default evals/sample_kb.yaml)
 
 soak: install ## 10-minute soak at a steady rate (SOAK_SECONDS overrides)
 	$(PY) -m tests.soak --seconds $${SOAK_SECONDS:-600}
+
+compose-check: install ## Validate docker-compose.yml with docker-compose config
+	@scripts/ensure_system_tools.sh
+	docker-compose -f docker-compose.yml config -q
+
+k8s-check: install ## Render the kustomize base and overlay; validate against the Kubernetes schemas
+	$(BIN)/kubectl kustomize deploy/k8s/base | $(BIN)/kubernetes-validate --strict --quiet /dev/stdin
+	$(BIN)/kubectl kustomize deploy/k8s/overlays/openai | $(BIN)/kubernetes-validate --strict --quiet /dev/stdin
+
+docker-lint: install ## hadolint the Dockerfile
+	$(BIN)/hadolint Dockerfile
 
 clean: ## Remove the virtualenv, stubs and local data
 	rm -rf $(VENV) support data .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -11,6 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service_kit import auth, observability
+
 logger = logging.getLogger(__name__)
 
 # Large enough for ingestion batches; anything bigger is refused with RESOURCE_EXHAUSTED by gRPC itself.
@@ -28,12 +30,17 @@ def new_server(
     service_names: Sequence[str],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     options: Sequence[tuple[str, int]] = SERVER_OPTIONS,
+    auth_config: auth.AuthConfig | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server with health (one status per service, plus "") and reflection already added.
 
     Every service starts NOT_SERVING; call `set_serving` once the servicers are registered and ready.
+    Observability comes first in the interceptor chain: tracing (when `setup_observability` turned it on) and
+    Prometheus request metrics; then service authentication when `auth_config` (default: read once from
+    SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS, see service_kit.auth) has tokens; `interceptors` run inside them.
     """
-    server = grpc.aio.server(interceptors=list(interceptors), options=list(options))
+    chain = [*observability.server_interceptors(), *auth.server_interceptors(auth_config), *interceptors]
+    server = grpc.aio.server(interceptors=chain, options=list(options))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

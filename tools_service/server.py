@@ -13,6 +13,7 @@ from grpc_health.v1 import health
 from service_kit.env import ConfigError
 from service_kit.grpc_server import bind, new_server, serve_until_signal, set_status
 from service_kit.jsonlog import configure_logging
+from service_kit.observability import setup_observability
 from support.v1 import tools_pb2, tools_pb2_grpc
 from tools_service.adapters.http_orders import HttpOrderBackend
 from tools_service.adapters.sqlite_db import SqliteDatabase
@@ -109,4 +110,8 @@ def main() -> None:
         print(f"tools_service: configuration error: {error}", file=sys.stderr)
         sys.exit(2)
     configure_logging("tools_service", config.log_level)
-    asyncio.run(_serve(config))
+    obs = setup_observability("tools_service")
+    try:
+        asyncio.run(_serve(config))
+    finally:
+        obs.shutdown()
