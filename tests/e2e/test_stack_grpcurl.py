@@ -124,9 +124,9 @@ def test_express_shipping_answered_from_the_docs(stack: Stack) -> None:
 
 def test_order_lookup_calls_the_tool(stack: Stack) -> None:
     reply = stack.chat("e2e-order", "Where is my order ORD-12345?")
-    calls = reply["toolCalls"]
+    calls = reply["tool_calls"]
     assert [call["name"] for call in calls] == ["lookup_order_status"]
-    assert json.loads(calls[0]["argumentsJson"]) == {"order_id": "ORD-12345"}
+    assert json.loads(calls[0]["arguments_json"]) == {"order_id": "ORD-12345"}
     assert "shipped" in reply["reply"].lower()
     assert "1Z999AA10123456784" in reply["reply"]
 
@@ -137,17 +137,17 @@ def test_angry_customer_is_escalated_with_a_real_ticket(stack: Stack) -> None:
     for reply in (first, second):
         escalation = reply["escalation"]
         assert escalation["priority"] == "PRIORITY_HIGH"
-        assert escalation["ticketId"] in reply["reply"]
-    assert first["escalation"]["ticketId"] != second["escalation"]["ticketId"]
+        assert escalation["ticket_id"] in reply["reply"]
+    assert first["escalation"]["ticket_id"] != second["escalation"]["ticket_id"]
     ticket = json.loads(
         stack.grpcurl(
             stack.addrs["tools"],
             "support.v1.ToolsService/GetTicket",
-            data={"ticket_id": first["escalation"]["ticketId"]},
+            data={"ticket_id": first["escalation"]["ticket_id"]},
         )
     )["ticket"]
     assert ticket["priority"] == "PRIORITY_HIGH"
-    assert ticket["conversationId"] == "e2e-angry-1"
+    assert ticket["conversation_id"] == "e2e-angry-1"
 
 
 def test_history_is_kept_across_turns(stack: Stack) -> None:
@@ -160,7 +160,7 @@ def test_history_is_kept_across_turns(stack: Stack) -> None:
             data={"conversation_id": "e2e-history"},
         )
     )
-    messages = [turn["userMessage"] for turn in transcript["turns"]]
+    messages = [turn["user_message"] for turn in transcript["turns"]]
     assert messages == ["How long does express shipping take?", "Where is my order ORD-12345?"]
 
 

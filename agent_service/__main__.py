@@ -1,0 +1,4 @@
+from agent_service.server import main
+
+if __name__ == "__main__":
+    main()

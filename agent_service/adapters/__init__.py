@@ -1,0 +1,1 @@
+"""The agent's outside world: the model, the other services, the conversation store."""

@@ -1,0 +1,54 @@
+"""gRPC channels to the other services, with client-side round-robin over every resolved address."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from service_kit import observability
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Transparent retries of calls that never reached a server are on by default; this adds one
+        # retry of UNAVAILABLE for the read-only methods (the others carry idempotency keys or are not retried).
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "support.v1.RetrievalService", "method": "Search"},
+                    {"service": "support.v1.ToolsService", "method": "ListTools"},
+                    {"service": "support.v1.ToolsService", "method": "ListTickets"},
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+
+
+def channel_target(address: str) -> str:
+    """`host:port` as is; `a:p,b:p` → `ipv4:a:p,b:p`; anything with a scheme (`dns:///...`) as is."""
+    address = address.strip()
+    if "," in address and ":///" not in address and not address.startswith(("ipv4:", "ipv6:")):
+        return "ipv4:" + ",".join(part.strip() for part in address.split(",") if part.strip())
+    return address
+
+
+def open_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(
+        channel_target(address),
+        interceptors=observability.client_interceptors(),
+        options=[
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )

@@ -1,0 +1,179 @@
+"""Redis conversation store, so agent replicas are stateless: every replica reads and writes the same history.
+
+Same guarantees as the SQLite reference (`conversation_store.py`), held by Redis itself rather than by one
+process:
+
+* `append_turn` is one Lua script: the turn (serialised with `TurnResult.to_json`, exactly as the SQLite store
+  does), its turn-id index entry and the customer binding are written together or not at all, and a turn id
+  already present raises `DuplicateTurnError` without touching anything.
+* the in-flight lock is a lease: `SET key holder NX PX lease`, released by a compare-and-delete script, so only
+  the holder can release it and a crashed replica's lease simply expires.
+* `load` reads the turns and the customer in one MULTI/EXEC, oldest first.
+
+Keys, per conversation `c` under the prefix `p` (default ``support-agent:``)::
+
+    p{c}:turns     list of turn JSON, oldest first
+    p{c}:index     hash turn_id -> position in the list
+    p{c}:customer  the customer the conversation is bound to (absent until a turn names one)
+    p{c}:lock      the in-flight lease, value = holder
+
+The conversation id sits in a hash tag (`{c}`), so one conversation's keys share a Redis Cluster slot and the
+scripts stay single-slot. With `retention_seconds`, every append refreshes an expiry on the conversation's keys
+(idle conversations disappear); without it they are kept until deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+
+from agent_service.domain import Conversation, TurnResult
+from agent_service.errors import DuplicateTurnError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEY_PREFIX = "support-agent:"
+
+# KEYS: turns, index, customer. ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none).
+# Returns the new number of turns, or 0 when the turn id is already stored (nothing written).
+_APPEND = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+local count = redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], count - 1)
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[3], ARGV[3], 'NX')
+end
+local retention = tonumber(ARGV[4])
+if retention > 0 then
+  redis.call('PEXPIRE', KEYS[1], retention)
+  redis.call('PEXPIRE', KEYS[2], retention)
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('PEXPIRE', KEYS[3], retention)
+  end
+end
+return count
+"""
+
+# KEYS: turns, index. ARGV: turn_id. The turn's JSON, or nil.
+_GET_TURN = """
+local position = redis.call('HGET', KEYS[2], ARGV[1])
+if not position then
+  return false
+end
+return redis.call('LINDEX', KEYS[1], tonumber(position))
+"""
+
+# KEYS: lock. ARGV: holder. Deletes the lease only if `holder` still has it; 1 if deleted.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisConversationStore:
+    """`ConversationStore` on Redis (redis-py asyncio). Build it with `from_url` or pass a client.
+
+    A client passed in is closed by `close()` only when `owns_client` is true (`from_url` sets it).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        retention_seconds: float | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ValueError("key_prefix must not contain '{' or '}' (the conversation id is the hash tag)")
+        if retention_seconds is not None and retention_seconds <= 0:
+            raise ValueError("retention_seconds must be positive when set")
+        self._redis = client
+        self._prefix = key_prefix
+        self._retention_ms = int(retention_seconds * 1000) if retention_seconds else 0
+        self._owns_client = owns_client
+        self._append = client.register_script(_APPEND)
+        self._get_turn = client.register_script(_GET_TURN)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        retention_seconds: float | None = None,
+        socket_timeout_seconds: float = 5.0,
+        **client_options: Any,
+    ) -> RedisConversationStore:
+        """A store over a new client for `url` (`redis://`, `rediss://` or `unix://`), closed by `close()`.
+
+        Every command carries `socket_timeout_seconds`, so a hung Redis fails the turn instead of blocking it.
+        """
+        client = Redis.from_url(
+            url,
+            socket_timeout=socket_timeout_seconds,
+            socket_connect_timeout=socket_timeout_seconds,
+            health_check_interval=30,
+            **client_options,
+        )
+        return cls(client, key_prefix=key_prefix, retention_seconds=retention_seconds, owns_client=True)
+
+    def _key(self, conversation_id: str, part: str) -> str:
+        return f"{self._prefix}{{{conversation_id}}}:{part}"
+
+    async def load(self, conversation_id: str) -> Conversation:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self._key(conversation_id, "turns"), 0, -1)
+            pipe.get(self._key(conversation_id, "customer"))
+            turns, customer = await pipe.execute()
+        return Conversation(
+            conversation_id=conversation_id,
+            customer_id=_text(customer) if customer is not None else "",
+            turns=tuple(TurnResult.from_json(_text(item)) for item in turns),
+        )
+
+    async def get_turn(self, conversation_id: str, turn_id: str) -> TurnResult | None:
+        stored = await self._get_turn(
+            keys=[self._key(conversation_id, "turns"), self._key(conversation_id, "index")], args=[turn_id]
+        )
+        return TurnResult.from_json(_text(stored)) if stored else None
+
+    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
+        count = await self._append(
+            keys=[
+                self._key(turn.conversation_id, "turns"),
+                self._key(turn.conversation_id, "index"),
+                self._key(turn.conversation_id, "customer"),
+            ],
+            args=[turn.turn_id, turn.to_json(), customer_id, self._retention_ms],
+        )
+        if int(count) == 0:
+            raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored")
+
+    async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
+        lease_ms = max(1, int(lease_seconds * 1000))
+        taken = await self._redis.set(self._key(conversation_id, "lock"), holder, nx=True, px=lease_ms)
+        return bool(taken)
+
+    async def release_lock(self, conversation_id: str, holder: str) -> None:
+        released = await self._release(keys=[self._key(conversation_id, "lock")], args=[holder])
+        if not int(released):
+            logger.warning(
+                "conversation lock was no longer held at release (lease expired?)",
+                extra={"conversation_id": conversation_id},
+            )
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value

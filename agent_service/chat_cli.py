@@ -1,0 +1,123 @@
+"""`support-chat`: an interactive terminal client over AgentService.StreamChat.
+
+The reply is printed as it streams; sources, tool calls, escalations and guardrail flags are printed as they
+happen, on their own dimmed lines. Ctrl-D or /quit ends the session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+from typing import TextIO
+
+import grpc
+
+from service_kit.metadata import CUSTOMER_ID_KEY
+from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+TURN_TIMEOUT_SECONDS = 120.0
+
+
+def _dim(text: str, out: TextIO) -> str:
+    return f"\033[2m{text}\033[0m" if out.isatty() else text
+
+
+def render_event(event: agent_pb2.StreamChatResponse, out: TextIO) -> None:
+    """Prints one StreamChat event."""
+    kind = event.WhichOneof("event")
+    if kind == "text_delta":
+        out.write(event.text_delta.text)
+    elif kind == "sources":
+        if event.sources.knowledge_gap:
+            out.write(_dim("  [kb] nothing relevant found\n", out))
+        for source in event.sources.sources:
+            out.write(_dim(f"  [kb] {source.title} ({source.doc_id}, distance {source.distance:.2f})\n", out))
+    elif kind == "tool_call":
+        call = event.tool_call.tool_call
+        out.write(_dim(f"  [tool] {call.name} {call.arguments_json}\n", out))
+    elif kind == "tool_result":
+        call = event.tool_result.tool_call
+        label = "error" if call.is_error else "result"
+        out.write(_dim(f"  [tool {label}] {call.result_json[:300]}\n", out))
+    elif kind == "escalation":
+        escalation = event.escalation
+        priority = types_pb2.Priority.Name(escalation.priority).removeprefix("PRIORITY_").lower()
+        out.write(_dim(f"  [escalated] ticket {escalation.ticket_id}, priority {priority}\n", out))
+    elif kind == "guardrail":
+        out.write(_dim(f"  [guardrail] {event.guardrail.rule}: {event.guardrail.detail}\n", out))
+    elif kind == "final":
+        final = event.final
+        if final.replayed:
+            out.write(final.reply)
+        out.write("\n")
+        for index, source in enumerate(final.sources, start=1):
+            out.write(_dim(f"  [{index}] {source.title} — {source.doc_id}\n", out))
+        state = agent_pb2.ConversationState.Name(final.state).removeprefix("CONVERSATION_STATE_").lower()
+        note = f"  ({state}; model {final.usage.model}{', fallback' if final.usage.fallback else ''})\n"
+        out.write(_dim(note, out))
+    out.flush()
+
+
+async def chat_once(
+    stub: agent_pb2_grpc.AgentServiceStub,
+    conversation_id: str,
+    message: str,
+    customer_id: str,
+    out: TextIO,
+) -> None:
+    metadata = ((CUSTOMER_ID_KEY, customer_id),) if customer_id else ()
+    request = agent_pb2.StreamChatRequest(
+        conversation_id=conversation_id, message=message, turn_id=uuid.uuid4().hex
+    )
+    async for event in stub.StreamChat(request, metadata=metadata, timeout=TURN_TIMEOUT_SECONDS):
+        render_event(event, out)
+
+
+async def run(addr: str, conversation_id: str, customer_id: str, out: TextIO = sys.stdout) -> int:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        out.write(f"support-chat: conversation {conversation_id} on {addr}. Ctrl-D or /quit to leave.\n")
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                out.write("\n")
+                return 0
+            message = line.strip()
+            if not message:
+                continue
+            if message in {"/quit", "/exit"}:
+                return 0
+            out.write("bot> ")
+            out.flush()
+            try:
+                await chat_once(stub, conversation_id, message, customer_id, out)
+            except grpc.aio.AioRpcError as error:
+                out.write(f"\n[error] {error.code().name}: {error.details()}\n")
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="support-chat", description="Chat with the support agent over StreamChat."
+    )
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("AGENT_ADDR", "").strip() or DEFAULT_ADDR,
+        help="agent address (default: $AGENT_ADDR or %(default)s)",
+    )
+    parser.add_argument("--conversation-id", default="", help="continue a conversation (default: a new one)")
+    parser.add_argument("--customer-id", default="", help="sent as x-customer-id, e.g. cust-001")
+    args = parser.parse_args(argv)
+    conversation_id = args.conversation_id or f"cli-{uuid.uuid4().hex[:12]}"
+    try:
+        code = asyncio.run(run(args.addr, conversation_id, args.customer_id))
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

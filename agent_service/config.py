@@ -1,0 +1,110 @@
+"""agent_service configuration, read once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
+
+DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_RETRIEVAL_ADDR = "127.0.0.1:50052"
+DEFAULT_TOOLS_ADDR = "127.0.0.1:50053"
+
+
+@dataclass(frozen=True)
+class Config:
+    addr: str = DEFAULT_ADDR
+    # Each may be host:port, a comma-separated list of host:port, or a gRPC target such as dns:///name:port.
+    retrieval_addr: str = DEFAULT_RETRIEVAL_ADDR
+    tools_addr: str = DEFAULT_TOOLS_ADDR
+    data_dir: Path = Path("./data")
+    log_level: str = "INFO"
+    # OpenAI-compatible model; used when either the key or the base URL is set, else the offline engine.
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o"
+    openai_temperature: float = 0.3
+    model_timeout_seconds: float = 30.0
+    model_max_retries: int = 2
+    model_retry_backoff_seconds: float = 0.25
+    # Circuit breaker around the configured model.
+    breaker_failure_threshold: int = 3
+    breaker_cooldown_seconds: float = 30.0
+    max_tool_rounds: int = 5
+    max_turns: int = 25
+    max_message_chars: int = 4000
+    # Rough token budget for the history sent to the model (system prompt and KB context always kept).
+    context_token_budget: int = 6000
+    retrieval_top_k: int = 4
+    # None: the retrieval service's calibrated default.
+    retrieval_max_distance: float | None = None
+    retrieval_timeout_seconds: float = 5.0
+    tool_call_timeout_seconds: float = 10.0
+    escalation_rules_path: str | None = None
+    link_allowlist: tuple[str, ...] = field(default_factory=tuple)
+    # Load shedding: turns beyond this run concurrently → RESOURCE_EXHAUSTED at once.
+    max_concurrent_turns: int = 1024
+    # How long a conversation's in-flight lock lives if its holder dies without releasing it.
+    turn_lease_seconds: float = 120.0
+    # Set: conversations live in Redis (replicas are stateless); unset: SQLite under data_dir.
+    redis_url: str | None = None
+    redis_key_prefix: str = "support-agent:"
+    # Redis only: idle conversations expire after this long (unset: kept).
+    conversation_retention_seconds: float | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agent.sqlite3"
+
+    @property
+    def uses_remote_model(self) -> bool:
+        return self.openai_api_key is not None or self.openai_base_url is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        max_distance_raw = env_opt("RETRIEVAL_MAX_DISTANCE", environ)
+        max_distance: float | None = None
+        if max_distance_raw is not None:
+            max_distance = env_float("RETRIEVAL_MAX_DISTANCE", 0.0, environ, minimum=0.0)
+            if max_distance > 2.0:
+                raise ConfigError(f"RETRIEVAL_MAX_DISTANCE={max_distance} must be <= 2 (cosine distance)")
+        temperature = env_float("OPENAI_TEMPERATURE", 0.3, environ, minimum=0.0)
+        if temperature > 2.0:
+            raise ConfigError(f"OPENAI_TEMPERATURE={temperature} must be <= 2")
+        return cls(
+            addr=env_str("AGENT_ADDR", DEFAULT_ADDR, environ),
+            retrieval_addr=env_str("RETRIEVAL_ADDR", DEFAULT_RETRIEVAL_ADDR, environ),
+            tools_addr=env_str("TOOLS_ADDR", DEFAULT_TOOLS_ADDR, environ),
+            data_dir=Path(env_str("DATA_DIR", "./data", environ)),
+            log_level=env_str("LOG_LEVEL", "INFO", environ),
+            openai_api_key=env_opt("OPENAI_API_KEY", environ),
+            openai_base_url=env_opt("OPENAI_BASE_URL", environ),
+            openai_model=env_str("OPENAI_MODEL", "gpt-4o", environ),
+            openai_temperature=temperature,
+            model_timeout_seconds=env_float("MODEL_TIMEOUT_SECONDS", 30.0, environ, minimum=0.001),
+            model_max_retries=env_int("MODEL_MAX_RETRIES", 2, environ, minimum=0),
+            model_retry_backoff_seconds=env_float("MODEL_RETRY_BACKOFF_SECONDS", 0.25, environ, minimum=0.0),
+            breaker_failure_threshold=env_int("MODEL_BREAKER_FAILURES", 3, environ, minimum=1),
+            breaker_cooldown_seconds=env_float("MODEL_BREAKER_COOLDOWN_SECONDS", 30.0, environ, minimum=0.0),
+            max_tool_rounds=env_int("MAX_TOOL_ROUNDS", 5, environ, minimum=1),
+            max_turns=env_int("MAX_TURNS", 25, environ, minimum=1),
+            max_message_chars=env_int("MAX_MESSAGE_CHARS", 4000, environ, minimum=1),
+            context_token_budget=env_int("CONTEXT_TOKEN_BUDGET", 6000, environ, minimum=100),
+            retrieval_top_k=env_int("RETRIEVAL_TOP_K", 4, environ, minimum=1),
+            retrieval_max_distance=max_distance,
+            retrieval_timeout_seconds=env_float("RETRIEVAL_TIMEOUT_SECONDS", 5.0, environ, minimum=0.001),
+            tool_call_timeout_seconds=env_float("TOOL_CALL_TIMEOUT_SECONDS", 10.0, environ, minimum=0.001),
+            escalation_rules_path=env_opt("ESCALATION_RULES_PATH", environ),
+            link_allowlist=env_list("LINK_ALLOWLIST", (), environ),
+            max_concurrent_turns=env_int("MAX_CONCURRENT_TURNS", 1024, environ, minimum=1),
+            turn_lease_seconds=env_float("TURN_LEASE_SECONDS", 120.0, environ, minimum=1.0),
+            redis_url=env_opt("REDIS_URL", environ),
+            redis_key_prefix=env_str("REDIS_KEY_PREFIX", "support-agent:", environ),
+            conversation_retention_seconds=(
+                env_float("CONVERSATION_RETENTION_SECONDS", 0.0, environ, minimum=1.0)
+                if env_opt("CONVERSATION_RETENTION_SECONDS", environ)
+                else None
+            ),
+        )

@@ -1,0 +1,44 @@
+"""The conversation store port: history, retry-safe turns and the per-conversation in-flight lock.
+
+Implementations must make these guarantees (the SQLite adapter is the reference; a Redis or Postgres
+adapter for replicated agents implements the same six methods):
+
+* `append_turn` is atomic: the whole `TurnResult` (user message, tool calls and results, reply, escalation,
+  sources, guardrail flags) is stored in one step or not at all. A second turn with the same
+  (conversation_id, turn_id) raises `errors.DuplicateTurnError`; system notes (hand-backs) are appended the same way.
+* `get_turn` returns a stored turn by client turn id, so a retried request is answered from the store.
+* `acquire_lock` / `release_lock` are a lease: at most one holder per conversation until it releases or the
+  lease expires (a crashed replica cannot block a conversation forever). Must hold across processes.
+* `load` returns the conversation's turns oldest first and the customer it belongs to ("" for none yet);
+  an unknown conversation is an empty `Conversation`, not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent_service.domain import Conversation, TurnResult
+
+
+class ConversationStore(Protocol):
+    async def load(self, conversation_id: str) -> Conversation:
+        """The conversation so far (empty when unknown)."""
+        ...
+
+    async def get_turn(self, conversation_id: str, turn_id: str) -> TurnResult | None:
+        """A stored turn by its id, for replaying a retried request."""
+        ...
+
+    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
+        """Stores one turn atomically; binds the conversation to `customer_id` on its first turn."""
+        ...
+
+    async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
+        """Takes the conversation's in-flight lock; False while another holder's lease is live."""
+        ...
+
+    async def release_lock(self, conversation_id: str, holder: str) -> None:
+        """Releases the lock if `holder` still has it."""
+        ...
+
+    async def close(self) -> None: ...

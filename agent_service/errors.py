@@ -1,0 +1,40 @@
+"""Typed failures of the agent's domain; the servicer maps each to one gRPC status."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every failure the servicer knows how to report."""
+
+
+class InvalidInputError(AgentError):
+    """A request field is missing or unacceptable. → INVALID_ARGUMENT naming the field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class ConversationBusyError(AgentError):
+    """Another turn of the same conversation is in flight. → ABORTED (the client retries after it ends)."""
+
+
+class OverloadedError(AgentError):
+    """More turns in flight than MAX_CONCURRENT_TURNS. → RESOURCE_EXHAUSTED."""
+
+
+class ConversationNotFoundError(AgentError):
+    """No such conversation. → NOT_FOUND."""
+
+
+class NotYourConversationError(AgentError):
+    """The conversation belongs to another customer. → PERMISSION_DENIED."""
+
+
+class ModelUnavailableError(AgentError):
+    """The configured model failed after its retries (timeout, 429, 5xx, malformed reply)."""
+
+
+class DuplicateTurnError(AgentError):
+    """A turn with this turn_id is already stored (a concurrent retry won the race)."""

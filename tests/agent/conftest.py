@@ -1,0 +1,187 @@
+"""agent_service fixtures: real retrieval (a subprocess with the sample KB, once per session), a real tools
+service in-process per test, the agent in-process on port 0, and the scripted OpenAI-compatible model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent_service.config import Config
+from agent_service.model_port import ModelPort
+from agent_service.server import StartedServer, start_server
+from support.v1 import agent_pb2_grpc, tools_pb2_grpc
+from testkit.scripted_openai import Reply, Responder, ScriptedOpenAIServer
+from tests.conftest import REPO_ROOT, free_port
+from tools_service.config import Config as ToolsConfig
+from tools_service.orders import Order, OrderBackend
+from tools_service.server import StartedServer as ToolsStarted
+from tools_service.server import start_server as start_tools_server
+
+CUSTOMER = (("x-customer-id", "cust-001"),)
+
+
+class HungOrderBackend:
+    """An order backend that never answers (the tools service's own deadline or ours must cut it off)."""
+
+    async def get_order(self, order_id: str) -> Order | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture(scope="session")
+def retrieval_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real retrieval_service process over ChromaDB in a temp dir, with the sample KB ingested."""
+    data_dir = tmp_path_factory.mktemp("retrieval-data")
+    addr = f"127.0.0.1:{free_port()}"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("CHROMA_", "OPENAI_"))}
+    env.update(RETRIEVAL_ADDR=addr, DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")
+    log = (data_dir / "retrieval.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retrieval_service"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(addr) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"retrieval_service did not start: {(data_dir / 'retrieval.log').read_text()[-2000:]}"
+                    )
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+        ingest = Path(sys.executable).parent / "support-ingest"
+        subprocess.run(
+            [str(ingest), "--quiet", "--addr", addr, str(REPO_ROOT / "kb")],
+            cwd=REPO_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        yield addr
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@dataclasses.dataclass
+class Tools:
+    started: ToolsStarted
+    stub: tools_pb2_grpc.ToolsServiceStub
+    addr: str
+
+
+@dataclasses.dataclass
+class Agent:
+    started: StartedServer
+    stub: agent_pb2_grpc.AgentServiceStub
+    config: Config
+
+
+StartTools = Callable[..., Awaitable[Tools]]
+StartAgent = Callable[..., Awaitable[Agent]]
+StartModel = Callable[..., Awaitable[ScriptedOpenAIServer]]
+
+
+@pytest.fixture
+async def start_tools(tmp_path: Path) -> AsyncIterator[StartTools]:
+    running: list[tuple[ToolsStarted, grpc.aio.Channel]] = []
+
+    async def start(backend: OrderBackend | None = None, **overrides: Any) -> Tools:
+        config = dataclasses.replace(
+            ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"), **overrides
+        )
+        started = await start_tools_server(config, order_backend=backend)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        running.append((started, channel))
+        stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
+        return Tools(started, stub, f"127.0.0.1:{started.port}")
+
+    yield start
+    for started, channel in running:
+        await channel.close()
+        await started.stop(None)
+
+
+@pytest.fixture
+async def tools(start_tools: StartTools) -> Tools:
+    return await start_tools()
+
+
+@pytest.fixture
+async def start_model() -> AsyncIterator[StartModel]:
+    servers: list[ScriptedOpenAIServer] = []
+
+    async def start(script: Responder | Sequence[Reply], latency: float = 0.0) -> ScriptedOpenAIServer:
+        server = ScriptedOpenAIServer(script, latency=latency)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def start_agent(tmp_path: Path, retrieval_addr: str, tools: Tools) -> AsyncIterator[StartAgent]:
+    """Starts an agent wired to the session's retrieval service and this test's tools service.
+
+    `model_server=` points it at a ScriptedOpenAIServer (else the offline engine); `model=` injects a port;
+    other keyword arguments override Config fields.
+    """
+    running: list[tuple[StartedServer, grpc.aio.Channel]] = []
+
+    async def start(
+        model_server: ScriptedOpenAIServer | None = None, model: ModelPort | None = None, **overrides: Any
+    ) -> Agent:
+        config = Config(
+            addr="127.0.0.1:0",
+            retrieval_addr=retrieval_addr,
+            tools_addr=tools.addr,
+            data_dir=tmp_path / "agent",
+            model_max_retries=0,
+            model_retry_backoff_seconds=0.01,
+            model_timeout_seconds=5.0,
+        )
+        if model_server is not None:
+            config = dataclasses.replace(
+                config, openai_base_url=model_server.base_url, openai_api_key="test-key"
+            )
+        config = dataclasses.replace(config, **overrides)
+        started = await start_server(config, model=model)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        running.append((started, channel))
+        stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        return Agent(started, stub, config)
+
+    yield start
+    for started, channel in running:
+        await channel.close()
+        await started.stop(None)
