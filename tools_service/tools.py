@@ -29,7 +29,13 @@ from tools_service.errors import (
 from tools_service.limits import CallLimiter, canonical_arguments
 from tools_service.orders import MAX_ORDER_ID_LENGTH, OrderService
 from tools_service.text_checks import check_text
-from tools_service.tickets import MAX_REASON_LENGTH, MAX_SUMMARY_LENGTH, TicketService, validate_escalation
+from tools_service.tickets import (
+    MAX_REASON_LENGTH,
+    MAX_SUMMARY_LENGTH,
+    REASON_CODES,
+    TicketService,
+    validate_escalation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +152,11 @@ def tool_specs(order_id_pattern: str) -> tuple[ToolSpec, ...]:
                         "type": "string",
                         "description": "Optional short summary of the conversation so far for the human agent.",
                         "maxLength": MAX_SUMMARY_LENGTH,
+                    },
+                    "reason_code": {
+                        "type": "string",
+                        "enum": list(REASON_CODES),
+                        "description": "Optional category of the hand-off; model_initiated when omitted.",
                     },
                 },
                 "required": ["reason", "priority"],
@@ -306,7 +317,7 @@ class ToolRunner:
             conversation_id=conversation_id,
             customer_id=customer_id,
             priority=arguments["priority"],
-            reason_code="model_initiated",
+            reason_code=arguments.get("reason_code", "model_initiated"),
             reason=arguments["reason"],
             summary=arguments.get("summary", ""),
             idempotency_key=idempotency_key,

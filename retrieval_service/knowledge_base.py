@@ -1,0 +1,463 @@
+"""The knowledge base: validation, chunking, upsert/prune, search with a relevance threshold, stats.
+
+No gRPC here. Blocking work (tokenising, embedding, Chroma calls) runs in worker threads so the server's
+event loop keeps answering health checks and searches during a long ingest. Writes are serialised per
+process; across replicas they are idempotent because chunk ids derive from content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from retrieval_service.adapters.chroma_store import ChromaStore, Metadata
+from retrieval_service.adapters.embedding import MiniLMEmbedding
+from retrieval_service.chunking import (
+    CONTENT_TYPES,
+    Chunk,
+    ChunkingOptions,
+    chunk_document,
+    content_hash,
+    content_type_for,
+    parse_document,
+)
+from retrieval_service.errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+# Metadata keys the service writes itself; Document.metadata may not override them.
+RESERVED_KEYS = frozenset(
+    {
+        "doc_id",
+        "title",
+        "category",
+        "last_updated",
+        "content_hash",
+        "doc_hash",
+        "chunk_index",
+        "section",
+        "content_type",
+        "token_count",
+    }
+)
+# Keys Search accepts in `filter` unless the configuration adds more.
+DEFAULT_FILTER_KEYS = ("category", "doc_id", "source", "title", "last_updated", "section", "content_type")
+MAX_DOC_ID_CHARS = 512
+MAX_METADATA_VALUE_CHARS = 1024
+_METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+class Outcome(Enum):
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_doc_bytes: int = 1024 * 1024
+    max_batch_documents: int = 256
+    max_chunks_per_document: int = 2000
+    max_top_k: int = 50
+    max_query_chars: int = 2000
+    default_top_k: int = 4
+    default_max_distance: float = 0.65
+    filter_keys: tuple[str, ...] = DEFAULT_FILTER_KEYS
+
+
+@dataclass(frozen=True)
+class DocumentIn:
+    doc_id: str
+    content: str
+    content_type: str = ""
+    title: str = ""
+    category: str = ""
+    last_updated: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class DocumentReport:
+    doc_id: str
+    outcome: Outcome
+    chunks_added: int = 0
+    chunks_unchanged: int = 0
+    chunks_deleted: int = 0
+    error: str = ""
+
+
+@dataclass
+class IngestReport:
+    results: list[DocumentReport]
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for item in self.results if item.outcome is outcome)
+
+    @property
+    def chunks_deleted(self) -> int:
+        return sum(item.chunks_deleted for item in self.results)
+
+
+@dataclass(frozen=True)
+class Hit:
+    doc_id: str
+    chunk_id: str
+    text: str
+    distance: float
+    title: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    nothing_relevant: bool
+    max_distance_applied: float
+    dropped_count: int
+
+
+@dataclass(frozen=True)
+class DeleteReport:
+    documents_deleted: int
+    chunks_deleted: int
+    deleted_doc_ids: list[str]
+
+
+@dataclass(frozen=True)
+class Stats:
+    documents: int
+    chunks: int
+    last_refresh_unix: float | None
+    collection: str
+    embedding_model: str
+    default_max_distance: float
+
+
+@dataclass
+class _Planned:
+    """A validated, chunked document and what must change in the store for it."""
+
+    doc: DocumentIn
+    chunks: list[Chunk]
+    metadatas: list[Metadata]
+    report: DocumentReport
+    to_embed: list[int] = field(default_factory=list)
+    to_relabel: list[int] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+
+
+def _reject_reason(doc: DocumentIn, limits: Limits) -> str | None:
+    """Why a document cannot be ingested at all, naming it; None if it may be chunked."""
+    if not doc.doc_id.strip():
+        return "doc_id is required"
+    if len(doc.doc_id) > MAX_DOC_ID_CHARS:
+        return f"doc_id is longer than {MAX_DOC_ID_CHARS} characters"
+    if doc.content_type and doc.content_type not in CONTENT_TYPES:
+        return f"{doc.doc_id}: content_type {doc.content_type!r} is not one of {', '.join(CONTENT_TYPES)}"
+    size = len(doc.content.encode("utf-8", "surrogatepass"))
+    if size > limits.max_doc_bytes:
+        return f"{doc.doc_id}: document is {size} bytes; the limit is {limits.max_doc_bytes} (RETRIEVAL_MAX_DOC_BYTES)"
+    if not doc.content.strip():
+        return f"{doc.doc_id}: empty document"
+    if "\x00" in doc.content:
+        return f"{doc.doc_id}: binary content (NUL bytes); only Markdown, plain text and HTML are accepted"
+    controls = sum(1 for char in doc.content if ord(char) < 32 and char not in "\t\n\r\f\v")
+    if controls > max(8, len(doc.content) // 100):
+        return f"{doc.doc_id}: binary content ({controls} control characters)"
+    if "\ufffd" in doc.content:
+        return f"{doc.doc_id}: invalid UTF-8 (the text contains U+FFFD replacement characters)"
+    reserved = sorted(RESERVED_KEYS & set(doc.metadata))
+    if reserved:
+        return f"{doc.doc_id}: metadata key {reserved[0]!r} is reserved"
+    for key, value in sorted(doc.metadata.items()):
+        if not _METADATA_KEY.fullmatch(key):
+            return f"{doc.doc_id}: metadata key {key!r} must match {_METADATA_KEY.pattern}"
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            return f"{doc.doc_id}: metadata[{key}] is longer than {MAX_METADATA_VALUE_CHARS} characters"
+    return None
+
+
+class KnowledgeBase:
+    def __init__(
+        self,
+        store: ChromaStore,
+        embedding: MiniLMEmbedding,
+        limits: Limits | None = None,
+        chunking: ChunkingOptions | None = None,
+    ) -> None:
+        self._store = store
+        self._embedding = embedding
+        self.limits = limits or Limits()
+        self._chunking = chunking or ChunkingOptions()
+        self._write_lock = asyncio.Lock()
+
+    # --- ingestion -----------------------------------------------------------------------------------
+
+    async def ingest(self, documents: Sequence[DocumentIn], prune_changed_sections: bool) -> IngestReport:
+        if len(documents) > self.limits.max_batch_documents:
+            raise InvalidArgumentError(
+                "documents",
+                f"{len(documents)} documents in one request; the limit is {self.limits.max_batch_documents}",
+            )
+        async with self._write_lock:
+            return await asyncio.to_thread(self._ingest_sync, list(documents), prune_changed_sections)
+
+    def _plan_one(self, doc: DocumentIn, seen: set[str]) -> _Planned | DocumentReport:
+        reason = _reject_reason(doc, self.limits)
+        if reason is None and doc.doc_id in seen:
+            reason = f"{doc.doc_id}: appears twice in one request"
+        if reason is not None:
+            return DocumentReport(doc.doc_id, Outcome.REJECTED, error=reason)
+        seen.add(doc.doc_id)
+        kind = content_type_for(doc.doc_id, doc.content_type)
+        parsed = parse_document(doc.doc_id, doc.content, kind)
+        if not parsed.body.strip():
+            return DocumentReport(doc.doc_id, Outcome.REJECTED, error=f"{doc.doc_id}: no text after markup")
+        chunks = chunk_document(doc.doc_id, parsed, self._embedding.count_tokens_batch, self._chunking, kind)
+        if not chunks:
+            return DocumentReport(doc.doc_id, Outcome.REJECTED, error=f"{doc.doc_id}: no text after markup")
+        if len(chunks) > self.limits.max_chunks_per_document:
+            return DocumentReport(
+                doc.doc_id,
+                Outcome.REJECTED,
+                error=f"{doc.doc_id}: {len(chunks)} chunks; the limit is {self.limits.max_chunks_per_document}",
+            )
+        front = parsed.front_matter
+        base: Metadata = {str(k): str(v) for k, v in doc.metadata.items()}
+        base.update(
+            {
+                "source": doc.metadata.get("source") or doc.doc_id,
+                "doc_id": doc.doc_id,
+                "title": doc.title or parsed.title,
+                "category": doc.category or front.get("category", "") or "general",
+                "last_updated": doc.last_updated or front.get("last_updated", ""),
+                "doc_hash": content_hash(doc.content),
+                "content_type": kind,
+            }
+        )
+        metadatas: list[Metadata] = []
+        for chunk in chunks:
+            meta = dict(base)
+            meta.update(
+                {
+                    "content_hash": chunk.content_hash,
+                    "chunk_index": chunk.index,
+                    "section": chunk.section,
+                    "token_count": chunk.token_count,
+                }
+            )
+            metadatas.append(meta)
+        return _Planned(doc, chunks, metadatas, DocumentReport(doc.doc_id, Outcome.ADDED))
+
+    def _ingest_sync(self, documents: list[DocumentIn], prune: bool) -> IngestReport:
+        started = time.perf_counter()
+        seen: set[str] = set()
+        planned: list[_Planned] = []
+        reports: list[DocumentReport] = []
+        for doc in documents:
+            item = self._plan_one(doc, seen)
+            if isinstance(item, DocumentReport):
+                logger.info("document rejected", extra={"doc_id": doc.doc_id, "reason": item.error})
+                reports.append(item)
+            else:
+                planned.append(item)
+                reports.append(item.report)
+        existing = self._store.chunks_of([item.doc.doc_id for item in planned])
+        for item in planned:
+            self._diff(item, existing.get(item.doc.doc_id, {}), prune)
+
+        # Embed everything new in one call (the model batches by length), then write.
+        embed_texts = [item.chunks[i].text for item in planned for i in item.to_embed]
+        vectors = self._embedding.embed(embed_texts)
+        ids: list[str] = []
+        texts: list[str] = []
+        metas: list[Metadata] = []
+        relabel_ids: list[str] = []
+        relabel_metas: list[Metadata] = []
+        stale: list[str] = []
+        for item in planned:
+            for i in item.to_embed:
+                ids.append(item.chunks[i].chunk_id)
+                texts.append(item.chunks[i].text)
+                metas.append(item.metadatas[i])
+            for i in item.to_relabel:
+                relabel_ids.append(item.chunks[i].chunk_id)
+                relabel_metas.append(item.metadatas[i])
+            stale.extend(item.stale)
+        if ids:
+            self._store.upsert(ids, vectors, texts, metas)
+        if relabel_ids:
+            self._store.update_metadata(relabel_ids, relabel_metas)
+        if stale:
+            self._store.delete(stale)
+        if ids or relabel_ids or stale:
+            self._store.mark_refreshed()
+        report = IngestReport(reports)
+        logger.info(
+            "ingested batch",
+            extra={
+                "documents": len(documents),
+                "added": report.count(Outcome.ADDED),
+                "updated": report.count(Outcome.UPDATED),
+                "unchanged": report.count(Outcome.UNCHANGED),
+                "rejected": report.count(Outcome.REJECTED),
+                "chunks_embedded": len(ids),
+                "chunks_deleted": len(stale),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return report
+
+    @staticmethod
+    def _diff(item: _Planned, existing: Mapping[str, Metadata], prune: bool) -> None:
+        new_ids = {chunk.chunk_id for chunk in item.chunks}
+        for index, chunk in enumerate(item.chunks):
+            old = existing.get(chunk.chunk_id)
+            if old is None:
+                item.to_embed.append(index)
+            elif old != item.metadatas[index]:
+                item.to_relabel.append(index)
+        if prune:
+            item.stale = sorted(set(existing) - new_ids)
+        report = item.report
+        report.chunks_added = len(item.to_embed)
+        report.chunks_unchanged = len(item.chunks) - len(item.to_embed)
+        report.chunks_deleted = len(item.stale)
+        if not existing:
+            report.outcome = Outcome.ADDED
+        elif item.to_embed or item.to_relabel or item.stale:
+            report.outcome = Outcome.UPDATED
+        else:
+            report.outcome = Outcome.UNCHANGED
+
+    # --- search --------------------------------------------------------------------------------------
+
+    def _where(self, filters: Mapping[str, str]) -> dict[str, Any] | None:
+        allowed = set(self.limits.filter_keys)
+        for key in sorted(filters):
+            if key not in allowed:
+                raise InvalidArgumentError(
+                    f"filter[{key}]", f"unknown filter key {key!r}; allowed: {', '.join(sorted(allowed))}"
+                )
+        clauses: list[dict[str, Any]] = [{key: value} for key, value in sorted(filters.items())]
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+    async def search(
+        self,
+        query: str,
+        top_k: int | None = None,
+        filters: Mapping[str, str] | None = None,
+        max_distance: float | None = None,
+    ) -> SearchResult:
+        text = query.strip()
+        if not text:
+            raise InvalidArgumentError("query", "must not be empty")
+        if len(text) > self.limits.max_query_chars:
+            raise InvalidArgumentError(
+                "query", f"is {len(text)} characters; the limit is {self.limits.max_query_chars}"
+            )
+        if top_k is not None and not 1 <= top_k <= self.limits.max_top_k:
+            raise InvalidArgumentError(
+                "top_k",
+                f"{top_k} is out of range; use 1..{self.limits.max_top_k} or leave it unset for the default",
+            )
+        if max_distance is not None and (math.isnan(max_distance) or not 0.0 <= max_distance <= 2.0):
+            raise InvalidArgumentError("max_distance", f"{max_distance} is outside 0..2 (cosine distance)")
+        where = self._where(filters or {})
+        k = self.limits.default_top_k if top_k is None else top_k
+        threshold = self.limits.default_max_distance if max_distance is None else max_distance
+        return await asyncio.to_thread(self._search_sync, text, k, where, threshold)
+
+    def _search_sync(
+        self, query: str, k: int, where: dict[str, Any] | None, threshold: float
+    ) -> SearchResult:
+        vector = self._embedding.embed_batch([query])[0]
+        stored = self._store.query(vector, k, where)
+        hits = [
+            Hit(
+                doc_id=str(item.metadata.get("doc_id", "")),
+                chunk_id=item.chunk_id,
+                text=item.text,
+                distance=item.distance,
+                title=str(item.metadata.get("title", "")),
+                metadata={key: str(value) for key, value in item.metadata.items()},
+            )
+            for item in stored
+            if item.distance <= threshold
+        ]
+        return SearchResult(
+            hits=hits,
+            nothing_relevant=not hits,
+            max_distance_applied=threshold,
+            dropped_count=len(stored) - len(hits),
+        )
+
+    # --- deletion and stats --------------------------------------------------------------------------
+
+    async def delete(
+        self,
+        doc_ids: Sequence[str] = (),
+        prefix: str = "",
+        keep: Sequence[str] = (),
+        all_documents: bool = False,
+    ) -> DeleteReport:
+        if doc_ids and (prefix or all_documents):
+            raise InvalidArgumentError("doc_ids", "give doc_ids or doc_id_prefix/all_documents, not both")
+        if not doc_ids and not prefix and not all_documents:
+            raise InvalidArgumentError(
+                "doc_id_prefix", "give doc_ids, a doc_id_prefix, or all_documents=true for the whole KB"
+            )
+        if any(not doc_id.strip() for doc_id in doc_ids):
+            raise InvalidArgumentError("doc_ids", "must not contain empty ids")
+        async with self._write_lock:
+            return await asyncio.to_thread(self._delete_sync, list(doc_ids), prefix, set(keep))
+
+    def _delete_sync(self, doc_ids: list[str], prefix: str, keep: set[str]) -> DeleteReport:
+        by_doc: dict[str, list[str]] = {}
+        if doc_ids:
+            for doc_id, chunks in self._store.chunks_of(doc_ids).items():
+                if chunks:
+                    by_doc[doc_id] = list(chunks)
+        else:
+            for chunk_id, meta in self._store.iter_metadata():
+                doc_id = str(meta.get("doc_id", ""))
+                if doc_id.startswith(prefix) and doc_id not in keep:
+                    by_doc.setdefault(doc_id, []).append(chunk_id)
+        chunk_ids = [chunk for chunks in by_doc.values() for chunk in chunks]
+        if chunk_ids:
+            self._store.delete(chunk_ids)
+            self._store.mark_refreshed()
+        logger.info("deleted documents", extra={"documents": len(by_doc), "chunks": len(chunk_ids)})
+        return DeleteReport(len(by_doc), len(chunk_ids), sorted(by_doc))
+
+    async def ping(self) -> None:
+        """Raises StoreUnavailableError while the store cannot be read."""
+        await asyncio.to_thread(self._store.count)
+
+    async def stats(self) -> Stats:
+        return await asyncio.to_thread(self._stats_sync)
+
+    def _stats_sync(self) -> Stats:
+        documents: set[str] = set()
+        chunks = 0
+        for _chunk_id, meta in self._store.iter_metadata():
+            chunks += 1
+            documents.add(str(meta.get("doc_id", "")))
+        return Stats(
+            documents=len(documents),
+            chunks=chunks,
+            last_refresh_unix=self._store.last_refresh(),
+            collection=self._store.name,
+            embedding_model=self._embedding.model_name,
+            default_max_distance=self.limits.default_max_distance,
+        )
