@@ -62,7 +62,7 @@ bench: install ## Benchmarks with baselines and targets; writes bench/results.js
 	$(PY) -m bench
 
 bench-retrieval: install ## Retrieval benchmark on a synthetic 100k-chunk collection (CHUNKS overrides)
-	$(PY) -m bench.retrieval $(if $(CHUNKS),--chunks $(CHUNKS))
+	$(PY) -m bench.retrieval --json bench/retrieval.json $(if $(CHUNKS),--chunks $(CHUNKS))
 
 eval: install ## Score the agent on SUITE (default evals/sample_kb.yaml)
 	$(BIN)/support-eval $(SUITE)
