@@ -12,7 +12,9 @@ _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
         # Transparent retries of calls that never reached a server are on by default; this adds one
-        # retry of UNAVAILABLE for the read-only methods (the others carry idempotency keys or are not retried).
+        # retry of UNAVAILABLE and CANCELLED for the read-only methods (the others carry idempotency keys or
+        # are not retried). CANCELLED: a replica stopped mid-call may reset the stream instead of closing the
+        # connection; gRPC never retries a caller's own cancel.
         "methodConfig": [
             {
                 "name": [
@@ -25,7 +27,7 @@ _SERVICE_CONFIG = json.dumps(
                     "initialBackoff": "0.05s",
                     "maxBackoff": "0.5s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ],

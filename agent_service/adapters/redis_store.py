@@ -7,7 +7,9 @@ process:
   does), its turn-id index entry and the customer binding are written together or not at all, and a turn id
   already present raises `DuplicateTurnError` without touching anything.
 * the in-flight lock is a lease: `SET key holder NX PX lease`, released by a compare-and-delete script, so only
-  the holder can release it and a crashed replica's lease simply expires.
+  the holder can release it and a crashed replica's lease simply expires. Asking again with the same holder
+  id answers True while its lease is live (a retried command must not lock a turn out of its own lease); the
+  agent uses a fresh holder id per turn, so this never lets a second turn in.
 * `load` reads the turns and the customer in one MULTI/EXEC, oldest first.
 
 Keys, per conversation `c` under the prefix `p` (default ``support-agent:``)::
@@ -28,6 +30,8 @@ import logging
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from agent_service.domain import Conversation, TurnResult
 from agent_service.errors import DuplicateTurnError
@@ -36,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "support-agent:"
 
-# KEYS: turns, index, customer. ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none).
+# KEYS: turns, index, customer.
+# ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none).
 # Returns the new number of turns, or 0 when the turn id is already stored (nothing written).
 _APPEND = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
@@ -109,20 +114,27 @@ class RedisConversationStore:
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         retention_seconds: float | None = None,
-        socket_timeout_seconds: float = 5.0,
+        socket_timeout_seconds: float = 2.0,
+        retries: int = 2,
         **client_options: Any,
     ) -> RedisConversationStore:
         """A store over a new client for `url` (`redis://`, `rediss://` or `unix://`), closed by `close()`.
 
-        Every command carries `socket_timeout_seconds`, so a hung Redis fails the turn instead of blocking it.
+        Every command carries `socket_timeout_seconds` and is retried `retries` times on connection errors
+        and timeouts with a short backoff (redis-py's default backs off for seconds), so a hung Redis fails
+        the turn after about (retries + 1) times the timeout instead of blocking it. Every command here is
+        safe to re-send: reads are reads, a re-sent append finds its own turn id (→ `DuplicateTurnError`,
+        which the turn answers from the store), a re-sent acquire finds its own holder, and release is a
+        compare-and-delete.
         """
-        client = Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_seconds,
-            socket_connect_timeout=socket_timeout_seconds,
-            health_check_interval=30,
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout_seconds,
+            "socket_connect_timeout": socket_timeout_seconds,
+            "health_check_interval": 30,
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
             **client_options,
-        )
+        }
+        client = Redis.from_url(url, **options)
         return cls(client, key_prefix=key_prefix, retention_seconds=retention_seconds, owns_client=True)
 
     def _key(self, conversation_id: str, part: str) -> str:
@@ -158,9 +170,13 @@ class RedisConversationStore:
             raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored")
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
+        key = self._key(conversation_id, "lock")
         lease_ms = max(1, int(lease_seconds * 1000))
-        taken = await self._redis.set(self._key(conversation_id, "lock"), holder, nx=True, px=lease_ms)
-        return bool(taken)
+        if await self._redis.set(key, holder, nx=True, px=lease_ms):
+            return True
+        # A SET whose reply was lost and which the client re-sent finds the lease already ours.
+        current = await self._redis.get(key)
+        return current is not None and _text(current) == holder
 
     async def release_lock(self, conversation_id: str, holder: str) -> None:
         released = await self._release(keys=[self._key(conversation_id, "lock")], args=[holder])

@@ -1,0 +1,266 @@
+"""Scaling fixtures: a real `redis-server` per session, both conversation stores behind one factory, and
+in-process retrieval, tools and agent replicas on port 0.
+
+Agent replicas are built by the real `start_server`; `redis_url=` selects the Redis store exactly as
+`REDIS_URL` does in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis
+
+from agent_service.adapters.redis_store import RedisConversationStore
+from agent_service.adapters.sqlite_store import SqliteConversationStore
+from agent_service.config import Config as AgentConfig
+from agent_service.conversation_store import ConversationStore
+from agent_service.server import StartedServer as AgentStarted
+from agent_service.server import start_server as start_agent_server
+from retrieval_service.adapters.embedding import MiniLMEmbedding
+from retrieval_service.config import Config as RetrievalConfig
+from retrieval_service.server import StartedServer as RetrievalStarted
+from retrieval_service.server import start_server as start_retrieval_server
+from support.v1 import agent_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from tests.conftest import REPO_ROOT, free_port
+from tools_service.config import Config as ToolsConfig
+from tools_service.server import StartedServer as ToolsStarted
+from tools_service.server import start_server as start_tools_server
+
+CUSTOMER = (("x-customer-id", "cust-001"),)
+# A few sample-KB documents: enough for relevant hits, small enough to ingest in well under a second.
+KB_DOCS = ("order-tracking.md", "returns.md", "refund-policy.md", "shipping-delivery-times.md")
+
+StoreFactory = Callable[[], ConversationStore]
+
+
+def _redis_binary() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (no persistence), for the whole session."""
+    binary = _redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = (workdir / "redis.log").open("w")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start: {(workdir / 'redis.log').read_text()[-2000:]}")
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of its own per test, so tests never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Opens stores over ONE shared backing (a SQLite file, or a Redis key prefix): each call is a "replica"."""
+    opened: list[ConversationStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "agent.sqlite3"
+
+        def open_store() -> ConversationStore:
+            store = SqliteConversationStore(path)
+            opened.append(store)
+            return store
+
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("key_prefix")
+
+        def open_store() -> ConversationStore:
+            store = RedisConversationStore.from_url(url, key_prefix=prefix)
+            opened.append(store)
+            return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+def chroma_port(tmp_path: Path) -> Iterator[int]:
+    """A real `chroma run` server on a free loopback port (the shared vector store of retrieval replicas)."""
+    binary = shutil.which("chroma", path=str(Path(sys.executable).parent)) or shutil.which("chroma")
+    if binary is None:
+        pytest.skip("the `chroma` CLI is not installed (it ships with the chromadb package)")
+    port = free_port()
+    log = (tmp_path / "chroma.log").open("w")
+    command = [binary, "run", "--path", str(tmp_path / "chroma"), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"chroma run did not start: {(tmp_path / 'chroma.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1) as reply:
+                    if reply.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.05)  # a starting subprocess: nothing to wait on but its port
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+# --- in-process services ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def embedding() -> MiniLMEmbedding:
+    return MiniLMEmbedding.shared()
+
+
+def kb_documents(names: Sequence[str] = KB_DOCS) -> list[retrieval_pb2.Document]:
+    return [
+        retrieval_pb2.Document(doc_id=name, content=(REPO_ROOT / "kb" / name).read_text(encoding="utf-8"))
+        for name in names
+    ]
+
+
+StartRetrieval = Callable[..., Awaitable[RetrievalStarted]]
+
+
+@pytest.fixture
+async def start_retrieval(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIterator[StartRetrieval]:
+    """Starts a retrieval replica on its own DATA_DIR and (unless `ingest=False`) ingests the small KB over RPC.
+    Other keyword arguments override Config fields (`chroma_host=`/`chroma_port=` for a Chroma server)."""
+    running: list[RetrievalStarted] = []
+
+    async def start(name: str, *, ingest: bool = True, **overrides: Any) -> RetrievalStarted:
+        config = dataclasses.replace(
+            RetrievalConfig(addr="127.0.0.1:0", data_dir=tmp_path / name), **overrides
+        )
+        started = await start_retrieval_server(config, embedding=embedding)
+        running.append(started)
+        if not ingest:
+            return started
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{started.port}") as channel:
+            stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
+            await stub.IngestDocuments(
+                retrieval_pb2.IngestDocumentsRequest(documents=kb_documents()), timeout=120
+            )
+        return started
+
+    yield start
+    for started in running:
+        await started.stop(None)
+
+
+@pytest.fixture
+async def tools(tmp_path: Path) -> AsyncIterator[ToolsStarted]:
+    started = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"))
+    yield started
+    await started.stop(None)
+
+
+@dataclasses.dataclass
+class Replica:
+    started: AgentStarted
+    stub: agent_pb2_grpc.AgentServiceStub
+    name: str
+
+
+StartAgent = Callable[..., Awaitable[Replica]]
+
+
+@pytest.fixture
+async def start_agent(tmp_path: Path, tools: ToolsStarted) -> AsyncIterator[StartAgent]:
+    """Starts an agent replica through `start_server`. `retrieval_addr=` is required; `redis_url=` (and
+    `redis_key_prefix=`) put its conversations on Redis; other keyword arguments override Config fields."""
+    running: list[tuple[AgentStarted, grpc.aio.Channel]] = []
+
+    async def start(name: str, *, retrieval_addr: str, **overrides: Any) -> Replica:
+        config = AgentConfig(
+            addr="127.0.0.1:0",
+            retrieval_addr=retrieval_addr,
+            tools_addr=f"127.0.0.1:{tools.port}",
+            # Each replica has its own data dir: with Redis, nothing on disk is shared.
+            data_dir=tmp_path / name,
+            model_max_retries=0,
+            model_retry_backoff_seconds=0.01,
+            model_timeout_seconds=5.0,
+        )
+        started = await start_agent_server(dataclasses.replace(config, **overrides))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        running.append((started, channel))
+        stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        return Replica(started, stub, name)
+
+    yield start
+    for started, channel in running:
+        await channel.close()
+        await started.stop(None)
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    """Polls `predicate` on the event loop until it holds; fails the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        await asyncio.sleep(0.01)
