@@ -16,19 +16,12 @@ from typing import Any
 
 import yaml
 
-PRIORITIES = ("low", "medium", "high")
+from service_kit.codes import ESCALATION_REASON_CODES, PRIORITY_CODES
+
+PRIORITIES = PRIORITY_CODES
 STATES = ("bot", "pending_human", "human")
 # support.v1.EscalationReason names without the ESCALATION_REASON_ prefix, lower-case.
-REASONS = (
-    "customer_request",
-    "negative_sentiment",
-    "sensitive_topic",
-    "low_confidence",
-    "tool_failure",
-    "loop_limit",
-    "model_initiated",
-    "conversation_limit",
-)
+REASONS = ESCALATION_REASON_CODES
 DEFAULT_K = 3
 DEFAULT_ESCALATION_TOOL = "escalate_to_human"
 # How a reply says "I don't know"; a suite may replace these with `abstain_patterns`.

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from service_kit.codes import ESCALATION_REASON_CODES, PRIORITY_CODES
 from tools_service.deadlines import budget, with_timeout
 from tools_service.errors import (
     FailedPreconditionError,
@@ -23,17 +24,8 @@ from tools_service.errors import (
 )
 from tools_service.text_checks import check_text, clean_message
 
-PRIORITIES = ("low", "medium", "high")
-REASON_CODES = (
-    "customer_request",
-    "negative_sentiment",
-    "sensitive_topic",
-    "low_confidence",
-    "tool_failure",
-    "loop_limit",
-    "model_initiated",
-    "conversation_limit",
-)
+PRIORITIES = PRIORITY_CODES
+REASON_CODES = ESCALATION_REASON_CODES
 STATUSES = ("open", "assigned", "resolved")
 OPEN_STATUSES = ("open", "assigned")
 AUTHORS = ("customer", "human_agent")
