@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import hashlib
 import re
 import unicodedata
@@ -115,8 +116,14 @@ def _is_invisible(char: str) -> bool:
     return category == "Cf" and char not in _ALLOWED_FORMAT
 
 
+# ASCII has no format characters: only C0 controls and DEL are invisible there (tab, newline, CR kept).
+_ASCII_INVISIBLE = {code: None for code in (*range(32), 127) if chr(code) not in "\t\n\r"}
+
+
 def strip_control_characters(text: str) -> str:
     """Removes control, format (zero-width, bidi) and tag characters; keeps tabs, newlines and the ZWJ."""
+    if text.isascii():
+        return text.translate(_ASCII_INVISIBLE)
     return "".join(char for char in text if not _is_invisible(char))
 
 
@@ -476,12 +483,18 @@ def _clean_link(link: str) -> str:
 
 def extract_links(text: str) -> set[str]:
     """URLs (any scheme, protocol-relative, javascript:/data:) and bare domains like account.example.com/returns."""
+    return set(_links_of(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _links_of(text: str) -> frozenset[str]:
+    # Cached: the same KB chunks come back turn after turn.
     links = set()
     for match in _LINK.finditer(strip_control_characters(text)):
         link = _clean_link(match.group(0))
         if link:
             links.add(link)
-    return links
+    return frozenset(links)
 
 
 def _split_link(link: str) -> tuple[str, str, str] | None:
@@ -578,16 +591,22 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(_fold(text))
 
 
+@functools.lru_cache(maxsize=8)
+def _prompt_grams(system_prompt: str, min_words: int) -> tuple[int, frozenset[tuple[str, ...]]]:
+    """(n, the prompt's word n-grams): computed once per prompt, not per turn."""
+    prompt_words = _words(system_prompt)
+    size = min(min_words, len(prompt_words))
+    return size, frozenset(tuple(prompt_words[i : i + size]) for i in range(len(prompt_words) - size + 1))
+
+
 def _leak_detail(reply: str, system_prompt: str, min_words: int) -> str | None:
     squashed_reply = re.sub(r"[\W_]+", "", _fold(reply))
     for marker in {match.group(0) for match in _CANARY.finditer(system_prompt)}:
         if re.sub(r"[\W_]+", "", marker.casefold()) in squashed_reply:
             return "canary marker in reply"
-    prompt_words = _words(system_prompt)
-    size = min(min_words, len(prompt_words))
+    size, prompt_grams = _prompt_grams(system_prompt, min_words)
     if size < 4:
         return None
-    prompt_grams = {tuple(prompt_words[i : i + size]) for i in range(len(prompt_words) - size + 1)}
     reply_words = _words(reply)
     for i in range(len(reply_words) - size + 1):
         if tuple(reply_words[i : i + size]) in prompt_grams:

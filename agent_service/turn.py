@@ -390,6 +390,20 @@ class TurnRunner:
             yield FinalEvent(replayed)
             return
         holder = uuid.uuid4().hex
+        # Retrieval depends on nothing but the message: start it now, off the lock/load/hand-off path.
+        search = asyncio.create_task(self._retrieval.search(request.message))
+        try:
+            async for event in self._locked(request, holder, search):
+                yield event
+        finally:
+            if not search.done():
+                search.cancel()
+            # Consume the outcome so an unused search never logs "exception was never retrieved".
+            await asyncio.gather(search, return_exceptions=True)
+
+    async def _locked(
+        self, request: TurnRequest, holder: str, search: asyncio.Task[RetrievalResult]
+    ) -> AsyncIterator[TurnEvent]:
         conversation_id = request.conversation_id
         if not await self._store.acquire_lock(conversation_id, holder, self._settings.turn_lease_seconds):
             audit.info(
@@ -409,12 +423,14 @@ class TurnRunner:
             if replayed is not None:
                 yield FinalEvent(replayed)
                 return
-            async for event in self._turn(request):
+            async for event in self._turn(request, search):
                 yield event
         finally:
             await asyncio.shield(self._store.release_lock(conversation_id, holder))
 
-    async def _turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
+    async def _turn(
+        self, request: TurnRequest, search: asyncio.Task[RetrievalResult]
+    ) -> AsyncIterator[TurnEvent]:
         turn = _Turn(request=request, turn_id=request.turn_id or uuid.uuid4().hex, started=time.time())
         conversation = await self._store.load(request.conversation_id)
         if (
@@ -432,7 +448,7 @@ class TurnRunner:
             async for event in self._turn_cap(turn):
                 yield event
         else:
-            async for event in self._bot_turn(turn, conversation):
+            async for event in self._bot_turn(turn, conversation, search):
                 yield event
         yield FinalEvent(await self._persist(turn))
 
@@ -557,7 +573,9 @@ class TurnRunner:
 
     # --- the bot's turn ------------------------------------------------------------------------------------
 
-    async def _bot_turn(self, turn: _Turn, conversation: Conversation) -> AsyncIterator[TurnEvent]:
+    async def _bot_turn(
+        self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
+    ) -> AsyncIterator[TurnEvent]:
         request = turn.request
         verdict = self._guardrails.check_input(request.message, self._settings.max_message_chars)
         for flag in verdict.flags:
@@ -568,7 +586,7 @@ class TurnRunner:
                 yield TextDeltaEvent(turn.reply)
             return
 
-        retrieved = await self._retrieval.search(request.message)
+        retrieved = await search
         turn.knowledge_gap = retrieved.nothing_relevant
         turn.hits = () if retrieved.nothing_relevant else retrieved.hits
         yield SourcesEvent(tuple(Source.of(hit) for hit in turn.hits), turn.knowledge_gap)
