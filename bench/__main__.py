@@ -1,0 +1,5 @@
+"""`make bench`: see bench/cli.py."""
+
+from bench.cli import main
+
+main()
