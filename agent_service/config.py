@@ -48,6 +48,10 @@ class Config:
     max_concurrent_turns: int = 1024
     # How long a conversation's in-flight lock lives if its holder dies without releasing it.
     turn_lease_seconds: float = 120.0
+    # Dependencies whose outage turns the agent's health NOT_SERVING ("tools", "retrieval"), and how often
+    # they are checked (0 disables the watcher).
+    required_dependencies: tuple[str, ...] = ("tools",)
+    dependency_check_seconds: float = 2.0
     # Set: conversations live in Redis (replicas are stateless); unset: SQLite under data_dir.
     redis_url: str | None = None
     redis_key_prefix: str = "support-agent:"
@@ -100,6 +104,8 @@ class Config:
             link_allowlist=env_list("LINK_ALLOWLIST", (), environ),
             max_concurrent_turns=env_int("MAX_CONCURRENT_TURNS", 1024, environ, minimum=1),
             turn_lease_seconds=env_float("TURN_LEASE_SECONDS", 120.0, environ, minimum=1.0),
+            required_dependencies=_dependencies(env_list("REQUIRED_DEPENDENCIES", ("tools",), environ)),
+            dependency_check_seconds=env_float("DEPENDENCY_CHECK_SECONDS", 2.0, environ, minimum=0.0),
             redis_url=env_opt("REDIS_URL", environ),
             redis_key_prefix=env_str("REDIS_KEY_PREFIX", "support-agent:", environ),
             conversation_retention_seconds=(
@@ -108,3 +114,10 @@ class Config:
                 else None
             ),
         )
+
+
+def _dependencies(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(names) - {"tools", "retrieval"})
+    if unknown:
+        raise ConfigError(f"REQUIRED_DEPENDENCIES has unknown entries {unknown}; use tools and/or retrieval")
+    return names

@@ -20,6 +20,7 @@ from agent_service.adapters.tools_client import ToolsClient
 from agent_service.breaker import CircuitBreaker, FallbackModel
 from agent_service.config import Config
 from agent_service.conversation_store import ConversationStore
+from agent_service.dependency_health import DependencyWatcher
 from agent_service.escalation_policy import EscalationPolicy, PolicyConfigError, PolicyRules
 from agent_service.model_port import ModelPort
 from agent_service.servicer import AgentServicer
@@ -28,11 +29,13 @@ from service_kit.env import ConfigError
 from service_kit.grpc_server import bind, new_server, serve_until_signal, set_status
 from service_kit.jsonlog import configure_logging
 from service_kit.observability import setup_observability
-from support.v1 import agent_pb2, agent_pb2_grpc
+from support.v1 import agent_pb2, agent_pb2_grpc, retrieval_pb2, tools_pb2
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+TOOLS_SERVICE: str = tools_pb2.DESCRIPTOR.services_by_name["ToolsService"].full_name
+RETRIEVAL_SERVICE: str = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
 
 @dataclass
@@ -43,14 +46,17 @@ class StartedServer:
     runner: TurnRunner
     model: ModelPort
     store: ConversationStore
+    watcher: DependencyWatcher
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     async def stop(self, grace: float | None = None) -> None:
+        await self.watcher.stop()
         await set_status(self.health, [SERVICE_NAME], serving=False)
         await self.server.stop(grace)
         await self.close_adapters()
 
     async def close_adapters(self) -> None:
+        await self.watcher.stop()
         for channel in self.channels:
             await channel.close()
         await self.model.aclose()
@@ -122,6 +128,14 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
     port = bind(server, config.addr)
     await server.start()
     await set_status(health_servicer, [SERVICE_NAME], serving=True)
+    channels = {"tools": (tools_channel, TOOLS_SERVICE), "retrieval": (retrieval_channel, RETRIEVAL_SERVICE)}
+    watcher = DependencyWatcher(
+        health_servicer,
+        SERVICE_NAME,
+        {name: channels[name] for name in config.required_dependencies},
+        config.dependency_check_seconds,
+    )
+    watcher.start()
     logger.info(
         "agent_service listening",
         extra={
@@ -139,6 +153,7 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
         runner=runner,
         model=model,
         store=store,
+        watcher=watcher,
         channels=[retrieval_channel, tools_channel],
     )
 

@@ -18,6 +18,17 @@ conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conve
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def _redacted(value: Any) -> Any:
+    """`value` with every string inside it (nested lists, tuples, dicts) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(item) for item in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -38,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             entry["conversation_id"] = conversation_id
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = redact(value) if isinstance(value, str) else value
+                entry[key] = _redacted(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -6,7 +6,7 @@ import json
 
 import grpc
 
-from service_kit import observability
+from service_kit import auth, observability
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -46,7 +46,7 @@ def channel_target(address: str) -> str:
 def open_channel(address: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(
         channel_target(address),
-        interceptors=observability.client_interceptors(),
+        interceptors=[*observability.client_interceptors(), *auth.client_interceptors()],
         options=[
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.service_config", _SERVICE_CONFIG),
