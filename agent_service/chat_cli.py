@@ -16,6 +16,7 @@ from typing import TextIO
 
 import grpc
 
+from service_kit import auth
 from service_kit.metadata import CUSTOMER_ID_KEY
 from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
@@ -79,7 +80,7 @@ async def chat_once(
 
 
 async def run(addr: str, conversation_id: str, customer_id: str, out: TextIO = sys.stdout) -> int:
-    async with grpc.aio.insecure_channel(addr) as channel:
+    async with grpc.aio.insecure_channel(addr, interceptors=auth.client_interceptors()) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         out.write(f"support-chat: conversation {conversation_id} on {addr}. Ctrl-D or /quit to leave.\n")
         while True:

@@ -204,6 +204,8 @@ _WEAK_INJECTION: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
         ("forced_output", r"\b(?:output|print|say|reply\s+with|respond\s+with)\s+(?:the\s+)?(?:code\s+|word\s+|string\s+|token\s+)?[a-z0-9]+(?:-[a-z0-9]+){2,}\b"),
         ("forced_output", r"\b(?:end|start|begin)\s+(?:every|each|all|your)\s+(?:response|reply|answer|message)s?\s+with\b"),
         ("forced_output", r"\b(?:confirm|acknowledge|prove)\b[^.\n]{0,30}\bby\s+(?:outputting|printing|replying\s+with|saying|responding\s+with)\b"),
+        ("forced_output", r"\b(?:expected|required|correct)\s+(?:assistant|model|ai|bot|agent)\s+(?:output|response|reply|answer)\b"),
+        ("forced_output", r"\bproduce\s+(?:the\s+|this\s+)?(?:expected|required)\s+(?:output|response|reply|answer)\b"),
         ("sequencing", r"\bbefore\s+(?:replying|you\s+reply|answering|you\s+answer|responding|you\s+respond)\b"),
         ("new_task", r"\b(?:new\s+(?:task|objective|instructions?)\b|(?:prior|previous|original|current)\s+task\s+(?:is|has\s+been)\s+(?:cancelled|canceled|void|over|replaced))"),
         ("authority_claim", r"\b(?:note|message|instructions?)\s+from\s+(?:the\s+|your\s+)?(?:developers?|admin|administrator|openai|anthropic|creators?)\b"),

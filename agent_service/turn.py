@@ -145,6 +145,8 @@ class Guardrails(Protocol):
 
     def extract_links(self, text: str) -> set[str]: ...
 
+    def scan_untrusted(self, label: str, text: str) -> Sequence[GuardrailFlagLike]: ...
+
 
 # --- requests and events ------------------------------------------------------------------------------------
 
@@ -587,8 +589,17 @@ class TurnRunner:
             return
 
         retrieved = await search
-        turn.knowledge_gap = retrieved.nothing_relevant
-        turn.hits = () if retrieved.nothing_relevant else retrieved.hits
+        hits = () if retrieved.nothing_relevant else retrieved.hits
+        # Quarantine: a chunk carrying instructions never reaches the model (nor the customer through it).
+        kept = []
+        for hit in hits:
+            suspicious = self._guardrails.scan_untrusted(f"kb:{hit.doc_id}", hit.text)
+            for raw in suspicious:
+                yield self._flag(turn, raw)
+            if not suspicious:
+                kept.append(hit)
+        turn.hits = tuple(kept)
+        turn.knowledge_gap = not turn.hits
         yield SourcesEvent(tuple(Source.of(hit) for hit in turn.hits), turn.knowledge_gap)
 
         decision = self._policy.evaluate(request.message)
@@ -857,6 +868,19 @@ class TurnRunner:
                         idempotency_key=f"{turn.turn_id}:{call.id}",
                         customer_id=turn.request.customer_id,
                     )
+        suspicious = self._guardrails.scan_untrusted(f"tool:{call.name[:32]}", outcome.content_json)
+        if suspicious:
+            # Quarantine: a result carrying instructions is withheld from the model.
+            for raw in suspicious:
+                self._flag(turn, raw)
+            outcome = ToolOutcome(
+                error_result(
+                    "untrusted_content",
+                    "The tool result contained instruction-like text and was withheld; offer the customer a human.",
+                    retryable=False,
+                ),
+                is_error=True,
+            )
         seconds = time.perf_counter() - started
         metric_name = call.name if call.name in tool_names else "unknown"
         observability.record_tool_call(metric_name, _metric_outcome(outcome), seconds)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from service_kit import auth
 from service_kit.metadata import CUSTOMER_ID_KEY
 from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from support_eval.records import (
@@ -117,7 +118,7 @@ async def run_suite(
     run_id = run_id or new_run_id()
     specs = [spec for spec in suite.conversations if not only or spec.id in only]
     limit = asyncio.Semaphore(max(1, concurrency))
-    async with grpc.aio.insecure_channel(agent_addr) as channel:
+    async with grpc.aio.insecure_channel(agent_addr, interceptors=auth.client_interceptors()) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=call_timeout)
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
 

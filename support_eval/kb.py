@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from service_kit import auth
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ async def ingest(
     """Upserts `files`; with prune_others, deletes every other document of the collection afterwards."""
     added = updated = unchanged = deleted = 0
     rejected: list[str] = []
-    async with grpc.aio.insecure_channel(retrieval_addr) as channel:
+    async with grpc.aio.insecure_channel(retrieval_addr, interceptors=auth.client_interceptors()) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             for batch in _batches(files):

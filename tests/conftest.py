@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Every log record of the run is written as the services write it and scanned for e-mails and card numbers.
+pytest_plugins = ["tests.security.pii_plugin"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -23,14 +23,24 @@ class Order:
     eta: str | None  # YYYY-MM-DD
 
     def to_tool_content(self) -> dict[str, str | None]:
-        """What the model sees on success (never the owner)."""
+        """What the model sees on success (never the owner). Backend strings outside their expected shape are
+        dropped: free text from an order system must not reach the model as instructions."""
         return {
             "order_id": self.order_id,
             "status": self.status,
-            "tracking_number": self.tracking_number,
-            "carrier": self.carrier,
-            "eta": self.eta,
+            "tracking_number": _shaped(self.tracking_number, _TRACKING_SHAPE),
+            "carrier": _shaped(self.carrier, _CARRIER_SHAPE),
+            "eta": _shaped(self.eta, _ETA_SHAPE),
         }
+
+
+_CARRIER_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 .&'-]{0,39}")
+_TRACKING_SHAPE = re.compile(r"[A-Za-z0-9-]{6,40}")
+_ETA_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _shaped(value: str | None, shape: re.Pattern[str]) -> str | None:
+    return value if value is not None and shape.fullmatch(value) else None
 
 
 class OrderBackend(Protocol):

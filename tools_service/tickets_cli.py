@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import grpc
 
+from service_kit import auth
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
 from tools_service.config import DEFAULT_ADDR
 
@@ -133,7 +134,9 @@ def _run(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    with grpc.insecure_channel(args.addr) as channel:
+    with grpc.insecure_channel(args.addr) as raw_channel:
+        # Sends `authorization: Bearer $SERVICE_AUTH_TOKEN` when service authentication is configured.
+        channel = auth.intercept_sync_channel(raw_channel)
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             print(_run(args, stub))
