@@ -401,8 +401,11 @@ def check_input(message: str, max_chars: int = DEFAULT_MAX_INPUT_CHARS) -> Input
     return InputVerdict(bool(blocked_reply), tuple(flags), blocked_reply)
 
 
+@functools.lru_cache(maxsize=4096)
 def scan_untrusted(label: str, text: str) -> tuple[GuardrailFlag, ...]:
-    """Flags (never blocks) instruction-like text inside a KB chunk or tool result, for audit."""
+    """Flags (never blocks) instruction-like text inside a KB chunk or tool result, for audit.
+
+    Cached: the same KB chunks come back turn after turn."""
     folded = _fold(text)
     strong, weak, prompt_request, role_play = _injection_hits(folded)
     encoded = _encoded_hits(strong_normalise(text), text, folded)
