@@ -24,7 +24,8 @@ from agent_service.dependency_health import DependencyWatcher
 from agent_service.escalation_policy import EscalationPolicy, PolicyConfigError, PolicyRules
 from agent_service.model_port import ModelPort
 from agent_service.servicer import AgentServicer
-from agent_service.turn import TurnRunner, TurnSettings
+from agent_service.turn import TurnRunner
+from agent_service.turn_contract import TurnSettings
 from service_kit.env import ConfigError
 from service_kit.grpc_server import bind, new_server, serve_until_signal, set_status
 from service_kit.jsonlog import configure_logging

@@ -23,7 +23,8 @@ from agent_service.errors import (
     NotYourConversationError,
     OverloadedError,
 )
-from agent_service.turn import (
+from agent_service.turn import TurnRunner
+from agent_service.turn_contract import (
     EscalationEvent,
     FinalEvent,
     GuardrailEvent,
@@ -33,7 +34,6 @@ from agent_service.turn import (
     ToolCallStartedEvent,
     TurnEvent,
     TurnRequest,
-    TurnRunner,
 )
 from service_kit import observability
 from service_kit.jsonlog import conversation_id_var, request_id_var
