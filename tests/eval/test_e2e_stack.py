@@ -33,7 +33,7 @@ pytestmark = [
     ),
 ]
 
-TINY = Path(__file__).parent / "data" / "tiny_real.yaml"
+TINY = Path(__file__).parent / "suites" / "tiny_real.yaml"
 SHIPPED = REPO_ROOT / "evals" / "sample_kb.yaml"
 
 
@@ -130,7 +130,7 @@ def scripted_openai() -> Iterator[str]:
 def test_openai_compatible_model_passes_through(scripted_openai: str, tmp_path: Path) -> None:
     out = tmp_path / "openai.json"
     result = _cli(
-        str(Path(__file__).parent / "data" / "openai_model.yaml"),
+        str(Path(__file__).parent / "suites" / "openai_model.yaml"),
         "--env",
         f"OPENAI_BASE_URL={scripted_openai}",
         "--env",
