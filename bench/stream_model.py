@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import json
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 
@@ -31,7 +28,6 @@ ANSWER = (
     "Express shipping takes one to two business days, and standard shipping takes five to seven business "
     "days. Orders over fifty dollars ship free."
 )
-_ids = itertools.count(1)
 
 
 def first_token_url(base_url: str, nonce: str) -> str:
@@ -56,20 +52,9 @@ class TimedStreamServer(ScriptedOpenAIServer):
         self.chunk_pause = chunk_pause
         self.first_token_ns: dict[str, int] = {}
 
-    async def start(self) -> str:
-        app = web.Application(client_max_size=32 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._handle)
-        app.router.add_get("/v1/models", self._models)
+    def _add_routes(self, app: web.Application) -> None:
+        super()._add_routes(app)
         app.router.add_get("/bench/first-token/{nonce}", self._first_token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-        self.base_url = f"http://{self._host}:{port}/v1"
-        return self.base_url
 
     async def _first_token(self, http_request: web.Request) -> web.Response:
         nonce = http_request.match_info["nonce"]
@@ -78,49 +63,13 @@ class TimedStreamServer(ScriptedOpenAIServer):
             return web.json_response({"error": "unknown nonce"}, status=404)
         return web.json_response({"first_token_ns": stamp})
 
-    async def _stream(
-        self, http_request: web.Request, body: Request, reply: Reply, model: str
-    ) -> web.StreamResponse:
+    async def _before_content_chunk(self, body: Request, index: int) -> None:
+        # Stamp right before the first content token goes out; pause between later ones like a real model.
         nonce = nonce_of(body)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(http_request)
-        completion_id = f"chatcmpl-bench-{next(_ids)}"
-
-        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
-            chunk = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-
-        await send({"role": "assistant", "content": ""})
-        text = reply.content or ""
-        size = max(1, reply.chunk_chars)
-        for start in range(0, len(text), size):
-            if start == 0 and nonce is not None:
-                self.first_token_ns[nonce] = time.monotonic_ns()
-            elif self.chunk_pause:
-                await asyncio.sleep(self.chunk_pause)
-            await send({"content": text[start : start + size]})
-        await send({}, "stop")
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            chunk = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [],
-                "usage": usage,
-            }
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        if index == 0 and nonce is not None:
+            self.first_token_ns[nonce] = time.monotonic_ns()
+        elif index > 0 and self.chunk_pause:
+            await asyncio.sleep(self.chunk_pause)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -82,8 +82,7 @@ class ScriptedOpenAIServer:
 
     async def start(self) -> str:
         app = web.Application(client_max_size=32 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._handle)
-        app.router.add_get("/v1/models", self._models)
+        self._add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -93,6 +92,14 @@ class ScriptedOpenAIServer:
         port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
         self.base_url = f"http://{self._host}:{port}/v1"
         return self.base_url
+
+    def _add_routes(self, app: web.Application) -> None:
+        """Subclasses add their own routes after these."""
+        app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models", self._models)
+
+    async def _before_content_chunk(self, body: Request, index: int) -> None:
+        """Called before each streamed content chunk is written (a hook for pacing and timestamps)."""
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -155,8 +162,10 @@ class ScriptedOpenAIServer:
             await response.write_eof()
             return response
         text = reply.content or ""
-        for start in range(0, len(text), max(1, reply.chunk_chars)):
-            await send({"content": text[start : start + reply.chunk_chars]})
+        size = max(1, reply.chunk_chars)
+        for index, start in enumerate(range(0, len(text), size)):
+            await self._before_content_chunk(body, index)
+            await send({"content": text[start : start + size]})
         for index, call in enumerate(reply.tool_calls):
             call_id = call.id or f"call_{next(_ids)}"
             await send(
