@@ -79,6 +79,11 @@ async def serve_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    # A second signal during the drain (Ctrl-C reaches the whole process group, then a supervisor's SIGTERM)
+    # must not kill the process by the default action once the event loop has closed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     logger.info("shutdown requested; draining", extra={"grace_seconds": grace_seconds})
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_seconds)
