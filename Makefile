@@ -10,9 +10,12 @@ STUBS := support/v1/__init__.py
 DIR ?= kb
 SUITE ?= evals/sample_kb.yaml
 PYTEST_ARGS ?=
+# `buf breaking` checks protos/ against the main branch: origin/main when the clone has it (CI, a fresh clone),
+# else the local main. BREAKING_REF=<git ref> compares with another.
+BREAKING_REF ?= $(shell git rev-parse -q --verify refs/remotes/origin/main >/dev/null && echo refs/remotes/origin/main || echo refs/heads/main)
 
 .DEFAULT_GOAL := help
-.PHONY: help install stubs run test lint fmt ingest chat bench bench-retrieval eval soak compose-check k8s-check docker-lint clean
+.PHONY: help install stubs run test test-fast lint fmt ingest chat bench bench-retrieval eval soak compose-check k8s-check docker-lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,18 +38,23 @@ $(STUBS): $(PROTOS) $(STAMP)
 stubs: $(STUBS) ## Generate Python stubs from protos/ (grpcio-tools, with .pyi)
 
 run: install ## Start the three services on embedded defaults (ingests the sample KB if empty); Ctrl-C stops
-	$(PY) -m service_kit.stack
+	$(PY) -m devstack
 
 test: install ## Lint, then run every test (real gRPC, ChromaDB, SQLite, grpcurl; fake LLM over HTTP)
 	@scripts/ensure_system_tools.sh
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff, mypy and buf lint
+test-fast: install ## The edit-test loop: unit and in-process tests, no lint, no `slow` or `e2e` tests
+	@scripts/ensure_system_tools.sh
+	$(PY) -m pytest -q -m "not slow and not e2e" $(PYTEST_ARGS)
+
+lint: install ## ruff, mypy, buf lint, and buf breaking against the main branch
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	cd protos && ../$(BIN)/buf lint
+	$(BIN)/buf breaking protos --against '.git#ref=$(BREAKING_REF),subdir=protos'
 
 fmt: install ## Format the code with ruff
 	$(BIN)/ruff format .

@@ -14,14 +14,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
+from agent_service import metrics
 from agent_service.errors import ModelUnavailableError
 from agent_service.model_port import ModelEvent, ModelPort, ModelRequest, ModelResult, TextChunk
-from service_kit import observability
+from agent_service.texts import FALLBACK_NOTE
 
 logger = logging.getLogger(__name__)
-
-# Appended to fallback answers, so the customer knows (DESIGN.md: the offline engine is honest about it).
-FALLBACK_NOTE = "\n\n(Our assistant is running in a limited backup mode right now.)"
 
 
 class BreakerState(enum.Enum):
@@ -123,11 +121,12 @@ class FallbackModel:
             finally:
                 if not settled:  # cancelled mid-call: neither a success nor a failure
                     self.breaker.release_trial()
-            observability.record_model_call(self._primary.name, 0.0, outcome="fallback")
+            metrics.record_model_call(self._primary.name, 0.0, outcome="fallback")
         else:
-            observability.record_model_call(self._primary.name, 0.0, outcome="circuit_open")
+            metrics.record_model_call(self._primary.name, 0.0, outcome="circuit_open")
         async for event in self._fallback.generate(request):
             if isinstance(event, ModelResult):
+                # The customer is told when the backup engine answers.
                 if event.content and not event.tool_calls:
                     yield TextChunk(FALLBACK_NOTE)
                     event = replace(event, content=event.content + FALLBACK_NOTE)

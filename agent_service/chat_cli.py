@@ -17,8 +17,9 @@ from typing import TextIO
 import grpc
 
 from service_kit import auth
+from service_kit.codes import CONVERSATION_STATE, PRIORITY
 from service_kit.metadata import CUSTOMER_ID_KEY
-from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from support.v1 import agent_pb2, agent_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 TURN_TIMEOUT_SECONDS = 120.0
@@ -47,7 +48,7 @@ def render_event(event: agent_pb2.StreamChatResponse, out: TextIO) -> None:
         out.write(_dim(f"  [tool {label}] {call.result_json[:300]}\n", out))
     elif kind == "escalation":
         escalation = event.escalation
-        priority = types_pb2.Priority.Name(escalation.priority).removeprefix("PRIORITY_").lower()
+        priority = PRIORITY.from_proto(escalation.priority, "unspecified")
         out.write(_dim(f"  [escalated] ticket {escalation.ticket_id}, priority {priority}\n", out))
     elif kind == "guardrail":
         out.write(_dim(f"  [guardrail] {event.guardrail.rule}: {event.guardrail.detail}\n", out))
@@ -58,7 +59,7 @@ def render_event(event: agent_pb2.StreamChatResponse, out: TextIO) -> None:
         out.write("\n")
         for index, source in enumerate(final.sources, start=1):
             out.write(_dim(f"  [{index}] {source.title} — {source.doc_id}\n", out))
-        state = agent_pb2.ConversationState.Name(final.state).removeprefix("CONVERSATION_STATE_").lower()
+        state = CONVERSATION_STATE.from_proto(final.state, "unspecified")
         note = f"  ({state}; model {final.usage.model}{', fallback' if final.usage.fallback else ''})\n"
         out.write(_dim(note, out))
     out.flush()
@@ -80,7 +81,9 @@ async def chat_once(
 
 
 async def run(addr: str, conversation_id: str, customer_id: str, out: TextIO = sys.stdout) -> int:
-    async with grpc.aio.insecure_channel(addr, interceptors=auth.client_interceptors()) as channel:
+    async with grpc.aio.insecure_channel(
+        addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
+    ) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         out.write(f"support-chat: conversation {conversation_id} on {addr}. Ctrl-D or /quit to leave.\n")
         while True:

@@ -6,11 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_service.turn_contract import TurnSettings
+from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 DEFAULT_RETRIEVAL_ADDR = "127.0.0.1:50052"
 DEFAULT_TOOLS_ADDR = "127.0.0.1:50053"
+# The turn's limits have their defaults in one place, TurnSettings.
+_TURN = TurnSettings()
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,11 @@ class Config:
     # Circuit breaker around the configured model.
     breaker_failure_threshold: int = 3
     breaker_cooldown_seconds: float = 30.0
-    max_tool_rounds: int = 5
-    max_turns: int = 25
-    max_message_chars: int = 4000
+    max_tool_rounds: int = _TURN.max_tool_rounds
+    max_turns: int = _TURN.max_turns
+    max_message_chars: int = _TURN.max_message_chars
     # Rough token budget for the history sent to the model (system prompt and KB context always kept).
-    context_token_budget: int = 6000
+    context_token_budget: int = _TURN.context_token_budget
     retrieval_top_k: int = 4
     # None: the retrieval service's calibrated default.
     retrieval_max_distance: float | None = None
@@ -45,9 +49,9 @@ class Config:
     escalation_rules_path: str | None = None
     link_allowlist: tuple[str, ...] = field(default_factory=tuple)
     # Load shedding: turns beyond this run concurrently → RESOURCE_EXHAUSTED at once.
-    max_concurrent_turns: int = 1024
+    max_concurrent_turns: int = _TURN.max_concurrent_turns
     # How long a conversation's in-flight lock lives if its holder dies without releasing it.
-    turn_lease_seconds: float = 120.0
+    turn_lease_seconds: float = _TURN.turn_lease_seconds
     # Dependencies whose outage turns the agent's health NOT_SERVING ("tools", "retrieval"), and how often
     # they are checked (0 disables the watcher).
     required_dependencies: tuple[str, ...] = ("tools",)
@@ -57,10 +61,24 @@ class Config:
     redis_key_prefix: str = "support-agent:"
     # Redis only: idle conversations expire after this long (unset: kept).
     conversation_retention_seconds: float | None = None
+    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS): what the agent accepts and sends.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "agent.sqlite3"
+
+    @property
+    def turn_settings(self) -> TurnSettings:
+        return TurnSettings(
+            max_tool_rounds=self.max_tool_rounds,
+            max_turns=self.max_turns,
+            max_message_chars=self.max_message_chars,
+            context_token_budget=self.context_token_budget,
+            link_allowlist=self.link_allowlist,
+            turn_lease_seconds=self.turn_lease_seconds,
+            max_concurrent_turns=self.max_concurrent_turns,
+        )
 
     @property
     def uses_remote_model(self) -> bool:
@@ -92,18 +110,24 @@ class Config:
             model_retry_backoff_seconds=env_float("MODEL_RETRY_BACKOFF_SECONDS", 0.25, environ, minimum=0.0),
             breaker_failure_threshold=env_int("MODEL_BREAKER_FAILURES", 3, environ, minimum=1),
             breaker_cooldown_seconds=env_float("MODEL_BREAKER_COOLDOWN_SECONDS", 30.0, environ, minimum=0.0),
-            max_tool_rounds=env_int("MAX_TOOL_ROUNDS", 5, environ, minimum=1),
-            max_turns=env_int("MAX_TURNS", 25, environ, minimum=1),
-            max_message_chars=env_int("MAX_MESSAGE_CHARS", 4000, environ, minimum=1),
-            context_token_budget=env_int("CONTEXT_TOKEN_BUDGET", 6000, environ, minimum=100),
+            max_tool_rounds=env_int("MAX_TOOL_ROUNDS", _TURN.max_tool_rounds, environ, minimum=1),
+            max_turns=env_int("MAX_TURNS", _TURN.max_turns, environ, minimum=1),
+            max_message_chars=env_int("MAX_MESSAGE_CHARS", _TURN.max_message_chars, environ, minimum=1),
+            context_token_budget=env_int(
+                "CONTEXT_TOKEN_BUDGET", _TURN.context_token_budget, environ, minimum=100
+            ),
             retrieval_top_k=env_int("RETRIEVAL_TOP_K", 4, environ, minimum=1),
             retrieval_max_distance=max_distance,
             retrieval_timeout_seconds=env_float("RETRIEVAL_TIMEOUT_SECONDS", 5.0, environ, minimum=0.001),
             tool_call_timeout_seconds=env_float("TOOL_CALL_TIMEOUT_SECONDS", 10.0, environ, minimum=0.001),
             escalation_rules_path=env_opt("ESCALATION_RULES_PATH", environ),
             link_allowlist=env_list("LINK_ALLOWLIST", (), environ),
-            max_concurrent_turns=env_int("MAX_CONCURRENT_TURNS", 1024, environ, minimum=1),
-            turn_lease_seconds=env_float("TURN_LEASE_SECONDS", 120.0, environ, minimum=1.0),
+            max_concurrent_turns=env_int(
+                "MAX_CONCURRENT_TURNS", _TURN.max_concurrent_turns, environ, minimum=1
+            ),
+            turn_lease_seconds=env_float(
+                "TURN_LEASE_SECONDS", _TURN.turn_lease_seconds, environ, minimum=1.0
+            ),
             required_dependencies=_dependencies(env_list("REQUIRED_DEPENDENCIES", ("tools",), environ)),
             dependency_check_seconds=env_float("DEPENDENCY_CHECK_SECONDS", 2.0, environ, minimum=0.0),
             redis_url=env_opt("REDIS_URL", environ),
@@ -113,6 +137,7 @@ class Config:
                 if env_opt("CONVERSATION_RETENTION_SECONDS", environ)
                 else None
             ),
+            auth=AuthConfig.from_env(environ),
         )
 
 

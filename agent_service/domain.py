@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-State = Literal["bot", "pending_human", "human"]
+# Where a guardrail tripped: on the customer's message (or untrusted data on its way in) or on the reply.
 Stage = Literal["input", "output"]
 
 
@@ -60,7 +60,11 @@ class EscalationInfo:
 
 @dataclass(frozen=True)
 class Flag:
-    stage: str  # input | output
+    """A guardrail that tripped. `detail` is short and carries no customer data."""
+
+    stage: Stage
+    # prompt_injection | system_prompt_request | role_play_system | encoded_payload | oversize_input
+    # | control_characters | system_prompt_leak | unknown_link
     rule: str
     detail: str = ""
 
@@ -136,10 +140,6 @@ class Conversation:
     conversation_id: str
     customer_id: str = ""
     turns: tuple[TurnResult, ...] = ()
-
-    @property
-    def customer_turn_count(self) -> int:
-        return sum(1 for turn in self.turns if turn.is_customer_turn)
 
     @property
     def turns_since_handback(self) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Final, Literal, cast, get_args
 
 import yaml
 
+from agent_service.texts import DEFAULT_ESCALATION_MESSAGE
 from service_kit.redact import redact
 
 Priority = Literal["low", "medium", "high"]
@@ -73,9 +74,6 @@ _DEFAULT_NEGATION_CUES: Final[tuple[str, ...]] = (
     "nevermind",
     "rather not",
 )
-_DEFAULT_OUTCOME_MESSAGE: Final[str] = (
-    "I've passed this to a member of our support team, who will follow up with you here."
-)
 _DEFAULT_OUTCOME_PRIORITY: Final[dict[str, Priority]] = {
     "customer_request": "medium",
     "negative_sentiment": "high",
@@ -116,7 +114,7 @@ class TriggerCategory:
 
 @dataclass(frozen=True)
 class Outcome:
-    """Priority and customer message for a decision the agent takes itself (loop limit, no answer...)."""
+    """Priority and customer message for a decision the agent takes itself (loop limit, tool failures...)."""
 
     priority: Priority
     customer_message: str
@@ -177,7 +175,7 @@ class PolicyRules:
         configured = self.outcomes.get(reason_code)
         if configured is not None:
             return configured
-        return Outcome(_DEFAULT_OUTCOME_PRIORITY[reason_code], _DEFAULT_OUTCOME_MESSAGE)
+        return Outcome(_DEFAULT_OUTCOME_PRIORITY[reason_code], DEFAULT_ESCALATION_MESSAGE)
 
 
 class EscalationPolicy:
@@ -222,33 +220,6 @@ class EscalationPolicy:
             trigger=f"{category.name}: {_trigger_text(matched)!r}",
             customer_message=category.customer_message,
         )
-
-    def evaluate_all(self, message: str) -> tuple[EscalationDecision, ...]:
-        """Every category that fires, strongest first (for audit logs and tests)."""
-        text = normalize_message(message[:MAX_EVALUATED_CHARS])
-        fired: list[tuple[tuple[int, int, int], EscalationDecision]] = []
-        for order, category in enumerate(self._rules.categories):
-            found = self._first_match(category, text)
-            if found is None:
-                continue
-            decision = EscalationDecision(
-                reason_code=category.reason_code,
-                priority=category.priority,
-                trigger=f"{category.name}: {_trigger_text(found[1])!r}",
-                customer_message=category.customer_message,
-            )
-            key = (_PRIORITY_RANK[category.priority], _REASON_RANK.get(category.reason_code, 0), -order)
-            fired.append((key, decision))
-        fired.sort(key=lambda item: item[0], reverse=True)
-        return tuple(decision for _, decision in fired)
-
-    def decide_no_answer(self, knowledge_gap: bool, tools_used: bool) -> bool:
-        """True when the KB had nothing relevant and no tool helped: say so and offer a human."""
-        return knowledge_gap and not tools_used
-
-    def no_answer_decision(self) -> EscalationDecision:
-        """The low_confidence decision to use when :meth:`decide_no_answer` is True."""
-        return self.decision_for("low_confidence", "no_answer: nothing relevant in the KB and no tool helped")
 
     def decision_for(
         self, reason_code: ReasonCode, trigger: str, priority: Priority | None = None
@@ -295,11 +266,6 @@ def normalize_message(text: str) -> str:
     """NFKC, straight quotes, no zero-width characters, single spaces: what the triggers are matched on."""
     text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).translate(_QUOTES)
     return " ".join(text.split())
-
-
-def load_policy(path: str | None = None) -> EscalationPolicy:
-    """Convenience: ``EscalationPolicy(PolicyRules.load(path))``."""
-    return EscalationPolicy(PolicyRules.load(path))
 
 
 def _trigger_text(matched: str) -> str:

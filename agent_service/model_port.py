@@ -13,22 +13,13 @@ Implementations: `adapters.openai_model.OpenAIModel` (any OpenAI-compatible endp
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_service.domain import KbHit
+from agent_service.escalation_policy import EscalationDecision
 
 Message = Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class EscalationHint:
-    """A deterministic trigger that fired on the user message (from the escalation policy)."""
-
-    reason_code: str
-    priority: str
-    trigger: str
-    customer_message: str
 
 
 @dataclass(frozen=True)
@@ -39,7 +30,8 @@ class ModelRequest:
     # A structured view of the same turn, for engines that do not read prose (the offline engine).
     user_message: str = ""
     hits: Sequence[KbHit] = ()
-    escalation_hint: EscalationHint | None = None
+    # The escalation policy's decision on the user message, when a trigger fired.
+    escalation_hint: EscalationDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +57,9 @@ class ModelResult:
     completion_tokens: int = 0
     # True when the configured model was unavailable and a fallback engine produced this result.
     fallback: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # False when the engine knows it found nothing to answer from and said so (the offline engine's
+    # don't-know reply); a remote model's answer is taken as an answer.
+    knew_answer: bool = True
 
 
 ModelEvent = TextChunk | ModelResult
@@ -80,14 +74,3 @@ class ModelPort(Protocol):
     def generate(self, request: ModelRequest) -> AsyncIterator[ModelEvent]: ...
 
     async def aclose(self) -> None: ...
-
-
-async def collect(model: ModelPort, request: ModelRequest) -> ModelResult:
-    """Runs `generate` to the end and returns its result (for callers that do not stream)."""
-    result: ModelResult | None = None
-    async for event in model.generate(request):
-        if isinstance(event, ModelResult):
-            result = event
-    if result is None:
-        raise RuntimeError(f"model {model.name} ended without a result")
-    return result

@@ -1,14 +1,9 @@
-"""agent_service process: config, logging, adapters, the gRPC server and its lifecycle."""
+"""agent_service process: the adapters and the turn runner → the gRPC server; `main` runs it until a signal."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
-from dataclasses import dataclass, field
-
-import grpc
-from grpc_health.v1 import health
+from dataclasses import dataclass
 
 from agent_service import guardrails
 from agent_service.adapters.channels import open_channel
@@ -25,11 +20,10 @@ from agent_service.escalation_policy import EscalationPolicy, PolicyConfigError,
 from agent_service.model_port import ModelPort
 from agent_service.servicer import AgentServicer
 from agent_service.turn import TurnRunner
-from agent_service.turn_contract import TurnSettings
-from service_kit.env import ConfigError
-from service_kit.grpc_server import bind, new_server, serve_until_signal, set_status
-from service_kit.jsonlog import configure_logging
-from service_kit.observability import setup_observability
+from service_kit import lifecycle
+from service_kit.grpc_server import new_server
+from service_kit.lifecycle import closing_on_error, start_serving
+from service_kit.service_main import run_service
 from support.v1 import agent_pb2, agent_pb2_grpc, retrieval_pb2, tools_pb2
 
 logger = logging.getLogger(__name__)
@@ -39,29 +33,12 @@ TOOLS_SERVICE: str = tools_pb2.DESCRIPTOR.services_by_name["ToolsService"].full_
 RETRIEVAL_SERVICE: str = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
 
-@dataclass
-class StartedServer:
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
+@dataclass(kw_only=True, eq=False)
+class StartedServer(lifecycle.StartedServer):
+    """The agent server, with its turn runner and conversation store (tests look into both)."""
+
     runner: TurnRunner
-    model: ModelPort
     store: ConversationStore
-    watcher: DependencyWatcher
-    channels: list[grpc.aio.Channel] = field(default_factory=list)
-
-    async def stop(self, grace: float | None = None) -> None:
-        await self.watcher.stop()
-        await set_status(self.health, [SERVICE_NAME], serving=False)
-        await self.server.stop(grace)
-        await self.close_adapters()
-
-    async def close_adapters(self) -> None:
-        await self.watcher.stop()
-        for channel in self.channels:
-            await channel.close()
-        await self.model.aclose()
-        await self.store.close()
 
 
 def build_model(config: Config) -> ModelPort:
@@ -96,47 +73,50 @@ def build_store(config: Config) -> ConversationStore:
 
 
 async def start_server(config: Config, model: ModelPort | None = None) -> StartedServer:
-    """Builds the adapters, binds `config.addr` (port 0 allowed), starts serving and reports SERVING."""
+    """Builds the adapters, binds `config.addr` (port 0 allowed), starts serving and reports SERVING.
+
+    The escalation rules are read here, once, before anything listens (a bad file raises PolicyConfigError).
+    If starting fails part-way, what was opened is closed again.
+    """
     policy = EscalationPolicy(PolicyRules.load(config.escalation_rules_path))
-    retrieval_channel = open_channel(config.retrieval_addr)
-    tools_channel = open_channel(config.tools_addr)
-    store = build_store(config)
-    model = model or build_model(config)
-    runner = TurnRunner(
-        settings=TurnSettings(
-            max_tool_rounds=config.max_tool_rounds,
-            max_turns=config.max_turns,
-            max_message_chars=config.max_message_chars,
-            context_token_budget=config.context_token_budget,
-            link_allowlist=config.link_allowlist,
-            turn_lease_seconds=config.turn_lease_seconds,
-            max_concurrent_turns=config.max_concurrent_turns,
-        ),
-        model=model,
-        retrieval=RetrievalClient(
-            retrieval_channel,
-            top_k=config.retrieval_top_k,
-            max_distance=config.retrieval_max_distance,
-            timeout_seconds=config.retrieval_timeout_seconds,
-        ),
-        tools=ToolsClient(tools_channel, timeout_seconds=config.tool_call_timeout_seconds),
-        store=store,
-        policy=policy,
-        guardrails=guardrails,
-    )
-    server, health_servicer = new_server([SERVICE_NAME])
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner), server)  # type: ignore[no-untyped-call]
-    port = bind(server, config.addr)
-    await server.start()
-    await set_status(health_servicer, [SERVICE_NAME], serving=True)
-    channels = {"tools": (tools_channel, TOOLS_SERVICE), "retrieval": (retrieval_channel, RETRIEVAL_SERVICE)}
-    watcher = DependencyWatcher(
-        health_servicer,
-        SERVICE_NAME,
-        {name: channels[name] for name in config.required_dependencies},
-        config.dependency_check_seconds,
-    )
-    watcher.start()
+    async with closing_on_error([]) as closers:
+        retrieval_channel = open_channel(config.retrieval_addr, config.auth)
+        closers.append(retrieval_channel.close)
+        tools_channel = open_channel(config.tools_addr, config.auth)
+        closers.append(tools_channel.close)
+        store = build_store(config)
+        closers.append(store.close)
+        model = model or build_model(config)
+        closers.append(model.aclose)
+        runner = TurnRunner(
+            settings=config.turn_settings,
+            model=model,
+            retrieval=RetrievalClient(
+                retrieval_channel,
+                top_k=config.retrieval_top_k,
+                max_distance=config.retrieval_max_distance,
+                timeout_seconds=config.retrieval_timeout_seconds,
+            ),
+            tools=ToolsClient(tools_channel, timeout_seconds=config.tool_call_timeout_seconds),
+            store=store,
+            policy=policy,
+            guardrails=guardrails,
+        )
+        server, health_servicer = new_server([SERVICE_NAME], config.auth)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner), server)  # type: ignore[no-untyped-call]
+        port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
+        channels = {
+            "tools": (tools_channel, TOOLS_SERVICE),
+            "retrieval": (retrieval_channel, RETRIEVAL_SERVICE),
+        }
+        watcher = DependencyWatcher(
+            health_servicer,
+            SERVICE_NAME,
+            {name: channels[name] for name in config.required_dependencies},
+            config.dependency_check_seconds,
+        )
+        watcher.start()
+        closers.append(watcher.stop)
     logger.info(
         "agent_service listening",
         extra={
@@ -148,36 +128,9 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
         },
     )
     return StartedServer(
-        server=server,
-        health=health_servicer,
-        port=port,
-        runner=runner,
-        model=model,
-        store=store,
-        watcher=watcher,
-        channels=[retrieval_channel, tools_channel],
+        server=server, health=health_servicer, port=port, closers=closers, runner=runner, store=store
     )
 
 
-async def _serve(config: Config) -> None:
-    started = await start_server(config)
-    try:
-        await serve_until_signal(started.server, started.health)
-    finally:
-        await started.close_adapters()
-
-
 def main() -> None:
-    try:
-        config = Config.from_env()
-        # Fail fast on a bad rules file too, before anything listens.
-        PolicyRules.load(config.escalation_rules_path)
-    except (ConfigError, PolicyConfigError) as error:
-        print(f"agent_service: configuration error: {error}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging("agent_service", config.log_level)
-    obs = setup_observability("agent_service")
-    try:
-        asyncio.run(_serve(config))
-    finally:
-        obs.shutdown()
+    run_service("agent_service", Config.from_env, start_server, config_errors=(PolicyConfigError,))

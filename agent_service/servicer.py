@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from agent_service.adapters.tools_client import PRIORITY_TO_PROTO, reason_to_proto
 from agent_service.domain import EscalationInfo, Flag, Source, ToolCallRecord, TurnResult
 from agent_service.errors import (
-    AgentError,
     ConversationBusyError,
     ConversationNotFoundError,
     InvalidInputError,
@@ -36,22 +30,34 @@ from agent_service.turn_contract import (
     TurnRequest,
 )
 from service_kit import observability
-from service_kit.jsonlog import conversation_id_var, request_id_var
-from service_kit.metadata import CUSTOMER_ID_KEY, REQUEST_ID_KEY, metadata_value
+from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, GUARDRAIL_STAGE, PRIORITY
+from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
+from service_kit.metadata import CUSTOMER_ID_KEY, metadata_value
 from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 AGENT_NAME = "support-agent"
 
-_STATES = {
-    "bot": agent_pb2.CONVERSATION_STATE_BOT,
-    "pending_human": agent_pb2.CONVERSATION_STATE_PENDING_HUMAN,
-    "human": agent_pb2.CONVERSATION_STATE_HUMAN,
-}
-_STAGES = {"input": agent_pb2.GUARDRAIL_STAGE_INPUT, "output": agent_pb2.GUARDRAIL_STAGE_OUTPUT}
+ERROR_GUARD = ErrorGuard(
+    [
+        StatusRule(
+            InvalidInputError,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            details=lambda error: [bad_request(error.field, error.description)],
+        ),
+        StatusRule(ConversationBusyError, grpc.StatusCode.ABORTED),
+        StatusRule(OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        StatusRule(ConversationNotFoundError, grpc.StatusCode.NOT_FOUND),
+        StatusRule(NotYourConversationError, grpc.StatusCode.PERMISSION_DENIED),
+    ],
+    internal_message="internal error; the failure was logged",
+    logger=logger,
+)
+
+
+def state_pb(state: str) -> agent_pb2.ConversationState:
+    return CONVERSATION_STATE.to_proto(state, agent_pb2.CONVERSATION_STATE_BOT)
 
 
 # --- domain → proto ----------------------------------------------------------------------------------------
@@ -76,15 +82,15 @@ def tool_call_pb(call: ToolCallRecord) -> agent_pb2.ToolCall:
 def escalation_pb(escalation: EscalationInfo) -> agent_pb2.Escalation:
     return agent_pb2.Escalation(
         ticket_id=escalation.ticket_id,
-        priority=PRIORITY_TO_PROTO.get(escalation.priority, types_pb2.PRIORITY_UNSPECIFIED),
-        reason=reason_to_proto(escalation.reason_code),
+        priority=PRIORITY.to_proto(escalation.priority),
+        reason=ESCALATION_REASON.to_proto(escalation.reason_code),
         detail=escalation.detail,
     )
 
 
 def flag_pb(flag: Flag) -> agent_pb2.GuardrailFlag:
     return agent_pb2.GuardrailFlag(
-        stage=_STAGES.get(flag.stage, agent_pb2.GUARDRAIL_STAGE_UNSPECIFIED),
+        stage=GUARDRAIL_STAGE.to_proto(flag.stage),
         rule=flag.rule,
         detail=flag.detail,
     )
@@ -98,7 +104,7 @@ def chat_response_pb(result: TurnResult) -> agent_pb2.ChatResponse:
         tool_calls=[tool_call_pb(call) for call in result.tool_calls],
         sources=[source_pb(source) for source in result.sources],
         guardrail_flags=[flag_pb(flag) for flag in result.flags],
-        state=_STATES.get(result.state, agent_pb2.CONVERSATION_STATE_BOT),
+        state=state_pb(result.state),
         usage=agent_pb2.Usage(
             model=result.usage.model,
             model_calls=result.usage.model_calls,
@@ -158,111 +164,67 @@ def event_pb(event: TurnEvent) -> agent_pb2.StreamChatResponse:
     return agent_pb2.StreamChatResponse(final=chat_response_pb(event.result))
 
 
-# --- errors ------------------------------------------------------------------------------------------------
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
-    if isinstance(error, InvalidInputError):
-        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(error))
-        detail = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
-            ]
-        )
-        status.details.add().Pack(detail)
-        await context.abort_with_status(rpc_status.to_status(status))
-    mapping: list[tuple[type[AgentError], grpc.StatusCode]] = [
-        (ConversationBusyError, grpc.StatusCode.ABORTED),
-        (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (ConversationNotFoundError, grpc.StatusCode.NOT_FOUND),
-        (NotYourConversationError, grpc.StatusCode.PERMISSION_DENIED),
-    ]
-    for kind, code in mapping:
-        if isinstance(error, kind):
-            await context.abort(code, str(error))
-    logger.error("unhandled error in the agent", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the failure was logged")
-    raise AssertionError("unreachable: abort raises")
-
-
-async def _guarded(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except Exception as error:
-        await _abort(context, error)
-
-
-def _set_log_context(context: grpc.aio.ServicerContext, conversation_id: str) -> None:
-    """Every log line of this call carries the conversation id and the caller's x-request-id (or a new one)."""
-    conversation_id_var.set(conversation_id[:128])
-    request_id_var.set(metadata_value(context, REQUEST_ID_KEY)[:64] or uuid.uuid4().hex[:16])
-
-
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, runner: TurnRunner) -> None:
         self._runner = runner
 
-    def _turn_request(
-        self,
-        request: agent_pb2.ChatRequest | agent_pb2.StreamChatRequest,
-        context: grpc.aio.ServicerContext,
-        stream: bool,
-    ) -> TurnRequest:
-        _set_log_context(context, request.conversation_id)
-        return TurnRequest(
-            conversation_id=request.conversation_id,
-            message=request.message,
-            turn_id=request.turn_id,
-            customer_id=metadata_value(context, CUSTOMER_ID_KEY),
-            stream=stream,
-        )
+    async def _events(self, turn_request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
+        """The turn's events inside its `invoke_agent` span. Run to the end (and closed) by the caller, so the
+        conversation lock is released before the response is sent rather than whenever the generator is
+        garbage-collected."""
+        with observability.genai_span("invoke_agent", AGENT_NAME):
+            async with aclosing(self._runner.run(turn_request)) as events:
+                async for event in events:
+                    yield event
 
     async def Chat(  # noqa: N802
         self, request: agent_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ChatResponse:
-        turn_request = self._turn_request(request, context, stream=False)
-
-        async def run() -> agent_pb2.ChatResponse:
+        async with ERROR_GUARD(context):
             final: FinalEvent | None = None
-            # Run the generator to its end (and close it here), so the conversation lock is released
-            # before the response is sent rather than whenever the generator is garbage-collected.
-            with observability.genai_span("invoke_agent", AGENT_NAME):
-                async with aclosing(self._runner.run(turn_request)) as events:
-                    async for event in events:
-                        if isinstance(event, FinalEvent):
-                            final = event
+            async with aclosing(self._events(_turn_request(request, context, stream=False))) as events:
+                async for event in events:
+                    if isinstance(event, FinalEvent):
+                        final = event
             if final is None:
                 raise RuntimeError("turn ended without a final event")
             return chat_response_pb(final.result)
 
-        return await _guarded(context, run)
-
     async def StreamChat(  # noqa: N802
         self, request: agent_pb2.StreamChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[agent_pb2.StreamChatResponse]:
-        turn_request = self._turn_request(request, context, stream=True)
-        try:
-            with observability.genai_span("invoke_agent", AGENT_NAME):
-                async with aclosing(self._runner.run(turn_request)) as events:
-                    async for event in events:
-                        yield event_pb(event)
-        except Exception as error:
-            await _abort(context, error)
+        async with (
+            ERROR_GUARD(context),
+            aclosing(self._events(_turn_request(request, context, stream=True))) as events,
+        ):
+            async for event in events:
+                yield event_pb(event)
 
     async def GetConversation(  # noqa: N802
         self, request: agent_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GetConversationResponse:
-        _set_log_context(context, request.conversation_id)
-        customer_id = metadata_value(context, CUSTOMER_ID_KEY)
-
-        async def read() -> agent_pb2.GetConversationResponse:
-            view = await self._runner.conversation(request.conversation_id, customer_id)
+        async with ERROR_GUARD(context):
+            view = await self._runner.conversation(
+                request.conversation_id, metadata_value(context, CUSTOMER_ID_KEY)
+            )
             return agent_pb2.GetConversationResponse(
                 conversation_id=request.conversation_id,
-                state=_STATES.get(view.state, agent_pb2.CONVERSATION_STATE_BOT),
+                state=state_pb(view.state),
                 turns=[turn_pb(turn) for turn in view.conversation.turns],
                 ticket_id=view.ticket_id,
                 assignee=view.assignee,
             )
 
-        return await _guarded(context, read)
+
+def _turn_request(
+    request: agent_pb2.ChatRequest | agent_pb2.StreamChatRequest,
+    context: grpc.aio.ServicerContext,
+    stream: bool,
+) -> TurnRequest:
+    return TurnRequest(
+        conversation_id=request.conversation_id,
+        message=request.message,
+        turn_id=request.turn_id,
+        customer_id=metadata_value(context, CUSTOMER_ID_KEY),
+        stream=stream,
+    )

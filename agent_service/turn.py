@@ -1,11 +1,14 @@
-"""One turn of Chat (DESIGN.md "One turn of Chat"), as a stream of typed events. No gRPC here.
-Its ports, request, events and settings are in `turn_contract`.
+"""One turn of Chat, as a stream of typed events. No gRPC here; the ports, request, events and settings the
+turn works with are in `turn_contract`, the architecture in docs/architecture.md.
 
-`TurnRunner.run` validates, replays a retried turn id, takes the conversation's in-flight lock, routes a
-human-owned conversation to its ticket, enforces the turn cap, applies the input guardrail, retrieves,
-builds the prompt, runs the model/tool rounds, backs the model up with the deterministic escalation policy,
-applies the output guardrail, picks the citations, persists the turn atomically and ends with `FinalEvent`.
-Chat collects the events; StreamChat forwards them as they happen. Both share this one loop.
+`TurnRunner.run` reads top-down as the stages of a turn: validate → replay a retried turn id → take the
+conversation's lock → route a human-owned conversation to its ticket (or hand off at the turn cap) → screen
+the input → retrieve and quarantine → model/tool rounds → decide the escalation (`turn_outcome`) → screen the
+output → cite → persist. The turn always yields its events and ends with exactly one `FinalEvent`; Chat
+collects them, StreamChat forwards them as they happen.
+
+The turn's record (`_Turn`) changes in two visible ways only: a stage assigns its own fields, and an event
+that changes the record goes through `_Turn.record`.
 """
 
 from __future__ import annotations
@@ -16,19 +19,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
-from agent_service.adapters.offline_model import DONT_KNOW
-from agent_service.adapters.retrieval_client import RetrievalResult
-from agent_service.adapters.tools_client import (
-    TicketView,
-    ToolOutcome,
-    ToolsUnavailableError,
-    error_result,
-    parse_ticket_id,
-)
+from agent_service import metrics, texts
 from agent_service.conversation_store import ConversationStore
 from agent_service.domain import (
     Conversation,
@@ -49,54 +45,56 @@ from agent_service.errors import (
     OverloadedError,
 )
 from agent_service.escalation_policy import EscalationDecision, EscalationPolicy
-from agent_service.model_port import (
-    EscalationHint,
-    ModelPort,
-    ModelRequest,
-    ModelResult,
-    TextChunk,
-    ToolCallRequest,
-)
+from agent_service.model_port import ModelPort, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from agent_service.prompts import SYSTEM_PROMPT, history_messages, kb_context_message
+from agent_service.tool_results import (
+    ESCALATE_TOOL,
+    TOOL_FAILURES_BEFORE_ESCALATION,
+    escalation_priority,
+    metric_outcome,
+    parse_ticket_id,
+    tools_kept_failing,
+)
 from agent_service.turn_contract import (
     ConversationView,
     EscalationEvent,
     FinalEvent,
     GuardrailEvent,
-    GuardrailFlagLike,
     Guardrails,
     Retrieval,
+    RetrievalResult,
     SourcesEvent,
     TextDeltaEvent,
+    TicketView,
     ToolCallFinishedEvent,
     ToolCallStartedEvent,
+    ToolOutcome,
     Tools,
+    ToolsUnavailableError,
     TurnEvent,
     TurnRequest,
     TurnSettings,
+    tool_error_json,
     validate_id,
     validate_request,
 )
+from agent_service.turn_outcome import TurnFacts, TurnOutcome, decide_outcome
 from service_kit import observability
 from service_kit.redact import redact
 
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("agent_service.audit")
 
-ESCALATE_TOOL = "escalate_to_human"
-# Transient tool failures (timeouts, unavailable backends) in one turn before the agent escalates itself.
-TOOL_FAILURES_BEFORE_ESCALATION = 2
-_TRANSIENT_TOOL_ERRORS = frozenset({"timeout", "unavailable", "backend_unavailable"})
 NEUTRAL_SUMMARY = "See the conversation transcript in the support console."
 _CITATION = re.compile(r"\[(\d{1,3})\]")
+_OPEN_TICKET_STATES = frozenset({"open", "assigned"})
 
-
-# --- the turn -----------------------------------------------------------------------------------------------
+_Event = TypeVar("_Event", bound=TurnEvent)
 
 
 @dataclass
 class _Turn:
-    """Mutable accumulator of one turn while it runs."""
+    """The record of one turn while it runs; `_persist` turns it into the stored `TurnResult`."""
 
     request: TurnRequest
     turn_id: str
@@ -110,51 +108,79 @@ class _Turn:
     state: str = "bot"
     ticket_id: str = ""
     assignee: str = ""
-    model: str = ""
-    model_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    fallback: bool = False
     sources: tuple[Source, ...] = ()
+    # The model gave a final reply within the allowed rounds.
+    answered: bool = False
+    # False when the engine said itself that it found nothing to answer from (see ModelResult.knew_answer).
+    knew_answer: bool = True
+    outcome: TurnOutcome | None = None
+    usage: UsageInfo = field(default_factory=UsageInfo)
 
     @property
     def log_ids(self) -> dict[str, str]:
         return {"conversation_id": self.request.conversation_id, "turn_id": self.turn_id}
 
+    def record(self, event: _Event) -> _Event:
+        """Folds an event that changes the turn into the record, and returns it for the caller to yield."""
+        if isinstance(event, GuardrailEvent):
+            self.flags.append(event.flag)
+        elif isinstance(event, ToolCallFinishedEvent):
+            self.tool_calls.append(event.call)
+        elif isinstance(event, EscalationEvent):
+            self.escalation = event.escalation
+            self.state = "pending_human"
+            self.ticket_id = event.escalation.ticket_id
+        return event
 
-def _priority_of(raw: Any) -> str:
-    text = str(raw or "").lower().removeprefix("priority_")
-    return text if text in {"low", "medium", "high"} else ""
-
-
-def _escalation_priority(call: ToolCallRecord) -> str:
-    for text in (call.result_json, call.arguments_json):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            continue
-        if isinstance(data, Mapping):
-            ticket = data.get("ticket")
-            nested = ticket.get("priority") if isinstance(ticket, Mapping) else None
-            priority = _priority_of(nested) or _priority_of(data.get("priority"))
-            if priority:
-                return priority
-    return ""
-
-
-def _metric_outcome(outcome: ToolOutcome) -> str:
-    """ok | invalid_arguments | unknown_tool | timeout | rate_limited | error (the metric's label values)."""
-    if not outcome.is_error:
-        return "ok"
-    try:
-        code = json.loads(outcome.content_json).get("error", {}).get("code", "")
-    except (ValueError, AttributeError):
-        code = ""
-    return code if code in {"invalid_arguments", "unknown_tool", "timeout", "rate_limited"} else "error"
+    def count(self, result: ModelResult, default_model: str) -> None:
+        self.usage = UsageInfo(
+            model=result.model or default_model,
+            model_calls=self.usage.model_calls + 1,
+            prompt_tokens=self.usage.prompt_tokens + result.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens + result.completion_tokens,
+            fallback=self.usage.fallback or result.fallback,
+        )
 
 
-def _ticket_sentence(ticket_id: str) -> str:
-    return f" Your ticket number is {ticket_id}."
+def _tool_names(tools: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {
+        str(tool.get("function", {}).get("name"))
+        for tool in tools
+        if isinstance(tool.get("function"), Mapping)
+    }
+
+
+def _unique_call_ids(
+    calls: Sequence[ToolCallRequest], used: set[str], round_index: int
+) -> list[ToolCallRequest]:
+    """Every call needs an id unique in the turn: it pairs the tool message with its call and scopes the
+    idempotency key. Missing or repeated ids from the model are replaced (consistently)."""
+    unique = []
+    for index, call in enumerate(calls):
+        call_id = call.id if call.id and call.id not in used else f"call_{round_index}_{index}"
+        used.add(call_id)
+        unique.append(replace(call, id=call_id))
+    return unique
+
+
+def _assistant_message(content: str, calls: Sequence[ToolCallRequest]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": content or None,
+        "tool_calls": [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in calls
+        ],
+    }
+
+
+def _latest_open_ticket(tickets: Sequence[TicketView]) -> TicketView | None:
+    open_tickets = [ticket for ticket in tickets if ticket.status in _OPEN_TICKET_STATES]
+    return max(open_tickets, key=lambda ticket: ticket.update_time) if open_tickets else None
+
+
+def _owned_state(ticket: TicketView) -> str:
+    return "human" if ticket.status == "assigned" else "pending_human"
 
 
 class TurnRunner:
@@ -182,6 +208,8 @@ class TurnRunner:
     def active_turns(self) -> int:
         return self._active
 
+    # --- the turn, top-down ------------------------------------------------------------------------------
+
     async def run(self, request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
         """The turn's events, ending with exactly one `FinalEvent`. Raises `AgentError`s for refused turns."""
         validate_request(request, self._settings)
@@ -190,10 +218,102 @@ class TurnRunner:
             raise OverloadedError("the agent is at capacity; retry shortly")
         self._active += 1
         try:
-            async for event in self._run_locked(request):
-                yield event
+            replayed = await self._replayed(request)
+            if replayed is not None:
+                yield FinalEvent(replayed)
+                return
+            # Retrieval depends on nothing but the message: start it now, off the lock/load/hand-off path.
+            search = asyncio.create_task(self._retrieval.search(request.message))
+            try:
+                async with self._conversation_lock(request):
+                    # A retry that raced the original may find it stored now that we hold the lock.
+                    replayed = await self._replayed(request)
+                    if replayed is not None:
+                        yield FinalEvent(replayed)
+                        return
+                    turn = _Turn(request, request.turn_id or uuid.uuid4().hex, time.time())
+                    conversation = await self._load_owned(request)
+                    conversation, open_ticket = await self._record_handbacks(conversation, turn)
+                    if open_ticket is not None:
+                        stages = self._forward_to_human(turn, open_ticket)
+                    elif conversation.turns_since_handback >= self._settings.max_turns:
+                        stages = self._turn_cap(turn)
+                    else:
+                        stages = self._bot_turn(turn, conversation, search)
+                    async for event in stages:
+                        self._audit(turn, event)
+                        yield event
+                    yield FinalEvent(await self._persist(turn))
+            finally:
+                await self._settle(search)
         finally:
             self._active -= 1
+
+    async def _bot_turn(
+        self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
+    ) -> AsyncIterator[TurnEvent]:
+        verdict = self._guardrails.check_input(turn.request.message, self._settings.max_message_chars)
+        for flag in verdict.flags:
+            yield turn.record(GuardrailEvent(flag))
+        if verdict.blocked:
+            turn.reply = verdict.safe_reply
+            yield TextDeltaEvent(turn.reply)
+            return
+
+        async for event in self._retrieve(turn, search):
+            yield event
+
+        policy_decision = self._policy.evaluate(turn.request.message)
+        async for event in self._model_rounds(turn, conversation, policy_decision):
+            yield event
+
+        turn.outcome = decide_outcome(
+            TurnFacts(
+                answered=turn.answered,
+                model_escalated=turn.escalation is not None,
+                policy_triggered=policy_decision is not None,
+                tools_kept_failing=tools_kept_failing(turn.tool_calls),
+                knowledge_gap=turn.knowledge_gap,
+                used_tools=bool(turn.tool_calls),
+                reply_empty=not turn.reply.strip(),
+            )
+        )
+        async for event in self._apply_outcome(turn, turn.outcome, policy_decision):
+            yield event
+
+        async for event in self._screen_output(turn):
+            yield event
+        turn.sources = self._citations(turn)
+
+    # --- the stages -----------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _conversation_lock(self, request: TurnRequest) -> AsyncIterator[None]:
+        holder = uuid.uuid4().hex
+        conversation_id = request.conversation_id
+        if not await self._store.acquire_lock(conversation_id, holder, self._settings.turn_lease_seconds):
+            audit.info(
+                "turn refused: conversation busy",
+                extra={
+                    "event": "turn_aborted",
+                    "conversation_id": conversation_id,
+                    "turn_id": request.turn_id,
+                },
+            )
+            raise ConversationBusyError(
+                f"conversation {conversation_id!r} already has a turn in flight; retry when it has finished"
+            )
+        try:
+            yield
+        finally:
+            await asyncio.shield(self._store.release_lock(conversation_id, holder))
+
+    @staticmethod
+    async def _settle(search: asyncio.Task[RetrievalResult]) -> None:
+        if not search.done():
+            search.cancel()
+        # Consume the outcome so an unused search never logs "exception was never retrieved".
+        await asyncio.gather(search, return_exceptions=True)
 
     async def _replayed(self, request: TurnRequest) -> TurnResult | None:
         if not request.turn_id:
@@ -215,54 +335,7 @@ class TurnRunner:
         )
         return stored.as_replayed()
 
-    async def _run_locked(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
-        replayed = await self._replayed(request)
-        if replayed is not None:
-            yield FinalEvent(replayed)
-            return
-        holder = uuid.uuid4().hex
-        # Retrieval depends on nothing but the message: start it now, off the lock/load/hand-off path.
-        search = asyncio.create_task(self._retrieval.search(request.message))
-        try:
-            async for event in self._locked(request, holder, search):
-                yield event
-        finally:
-            if not search.done():
-                search.cancel()
-            # Consume the outcome so an unused search never logs "exception was never retrieved".
-            await asyncio.gather(search, return_exceptions=True)
-
-    async def _locked(
-        self, request: TurnRequest, holder: str, search: asyncio.Task[RetrievalResult]
-    ) -> AsyncIterator[TurnEvent]:
-        conversation_id = request.conversation_id
-        if not await self._store.acquire_lock(conversation_id, holder, self._settings.turn_lease_seconds):
-            audit.info(
-                "turn refused: conversation busy",
-                extra={
-                    "event": "turn_aborted",
-                    "conversation_id": conversation_id,
-                    "turn_id": request.turn_id,
-                },
-            )
-            raise ConversationBusyError(
-                f"conversation {conversation_id!r} already has a turn in flight; retry when it has finished"
-            )
-        try:
-            # A retry that raced the original may find it stored now that we hold the lock.
-            replayed = await self._replayed(request)
-            if replayed is not None:
-                yield FinalEvent(replayed)
-                return
-            async for event in self._turn(request, search):
-                yield event
-        finally:
-            await asyncio.shield(self._store.release_lock(conversation_id, holder))
-
-    async def _turn(
-        self, request: TurnRequest, search: asyncio.Task[RetrievalResult]
-    ) -> AsyncIterator[TurnEvent]:
-        turn = _Turn(request=request, turn_id=request.turn_id or uuid.uuid4().hex, started=time.time())
+    async def _load_owned(self, request: TurnRequest) -> Conversation:
         conversation = await self._store.load(request.conversation_id)
         if (
             conversation.customer_id
@@ -270,22 +343,9 @@ class TurnRunner:
             and conversation.customer_id != request.customer_id
         ):
             raise NotYourConversationError("this conversation belongs to another customer")
+        return conversation
 
-        conversation, open_ticket = await self._handoff(conversation, turn)
-        if open_ticket is not None:
-            async for event in self._forward_to_human(turn, open_ticket):
-                yield event
-        elif conversation.turns_since_handback >= self._settings.max_turns:
-            async for event in self._turn_cap(turn):
-                yield event
-        else:
-            async for event in self._bot_turn(turn, conversation, search):
-                yield event
-        yield FinalEvent(await self._persist(turn))
-
-    # --- hand-off ------------------------------------------------------------------------------------------
-
-    async def _handoff(
+    async def _record_handbacks(
         self, conversation: Conversation, turn: _Turn
     ) -> tuple[Conversation, TicketView | None]:
         """Records hand-backs of newly resolved tickets; returns the open ticket if a human owns the chat."""
@@ -297,19 +357,19 @@ class TurnRunner:
         except ToolsUnavailableError as error:
             logger.warning(
                 "could not read the conversation's tickets; answering as the bot",
-                extra={**turn.log_ids, "grpc_code": error.code.name},
+                extra={**turn.log_ids, "grpc_code": error.code},
             )
             return conversation, None
-        seen = conversation.handed_back_ticket_ids
         notes = []
         for ticket in sorted(tickets, key=lambda item: item.update_time):
-            if ticket.status != "resolved" or ticket.ticket_id in seen:
+            if ticket.status != "resolved" or ticket.ticket_id in conversation.handed_back_ticket_ids:
                 continue
-            note = self._handback_note(ticket)
             record = TurnResult(
                 conversation_id=request.conversation_id,
                 turn_id=f"handback-{ticket.ticket_id}",
-                system_note=note,
+                system_note=texts.handback_note(
+                    ticket.assignee, ticket.ticket_id, ticket.resolution_note, ticket.human_replies
+                ),
                 ticket_id=ticket.ticket_id,
                 assignee=ticket.assignee,
                 create_time=ticket.update_time or time.time(),
@@ -325,49 +385,26 @@ class TurnRunner:
             )
         if notes:
             conversation = replace(conversation, turns=conversation.turns + tuple(notes))
-        open_tickets = [ticket for ticket in tickets if ticket.status in {"open", "assigned"}]
-        if not open_tickets:
-            return conversation, None
-        return conversation, max(open_tickets, key=lambda item: item.update_time)
-
-    @staticmethod
-    def _handback_note(ticket: TicketView) -> str:
-        who = ticket.assignee or "a human agent"
-        note = f"Handed back to the bot by {who} (ticket {ticket.ticket_id})"
-        note += f": {ticket.resolution_note}" if ticket.resolution_note else "."
-        if ticket.human_replies:
-            replies = " | ".join(f"{name or 'agent'}: {text}" for name, text in ticket.human_replies[-3:])
-            note += f" Human replies to the customer: {replies}"
-        return note[:2000]
+        return conversation, _latest_open_ticket(tickets)
 
     async def _forward_to_human(self, turn: _Turn, ticket: TicketView) -> AsyncIterator[TurnEvent]:
         request = turn.request
         turn.ticket_id = ticket.ticket_id
         turn.assignee = ticket.assignee
-        turn.state = "human" if ticket.status == "assigned" else "pending_human"
+        turn.state = _owned_state(ticket)
         try:
             await self._tools.append_customer_message(ticket.ticket_id, request.message, request.customer_id)
         except ToolsUnavailableError as error:
             logger.error(
                 "could not attach the message to the ticket",
-                extra={**turn.log_ids, "ticket_id": ticket.ticket_id, "grpc_code": error.code.name},
+                extra={**turn.log_ids, "ticket_id": ticket.ticket_id, "grpc_code": error.code},
             )
-            turn.reply = (
-                f"Your conversation is with our support team (ticket {ticket.ticket_id}), but I couldn't pass "
-                "this message on just now. Please send it again in a moment."
-            )
+            turn.reply = texts.message_not_passed_on(ticket.ticket_id)
         else:
             if turn.state == "human":
-                turn.reply = (
-                    f"{ticket.assignee or 'A member of our support team'} is handling your conversation "
-                    f"(ticket {ticket.ticket_id}). I've passed your message on to them."
-                )
+                turn.reply = texts.passed_to_assignee(ticket.assignee, ticket.ticket_id)
             else:
-                wait = f" Expected wait: {ticket.estimated_wait}." if ticket.estimated_wait else ""
-                turn.reply = (
-                    f"Your conversation is waiting for a member of our support team (ticket {ticket.ticket_id}). "
-                    f"I've added your message to the ticket.{wait}"
-                )
+                turn.reply = texts.waiting_for_human(ticket.ticket_id, ticket.estimated_wait)
         audit.info(
             "message forwarded to the human-owned ticket",
             extra={
@@ -377,183 +414,138 @@ class TurnRunner:
                 "state": turn.state,
             },
         )
-        if request.stream:
-            yield TextDeltaEvent(turn.reply)
-
-    # --- turn cap ------------------------------------------------------------------------------------------
+        yield TextDeltaEvent(turn.reply)
 
     async def _turn_cap(self, turn: _Turn) -> AsyncIterator[TurnEvent]:
         decision = self._policy.decision_for(
             "conversation_limit", f"conversation reached {self._settings.max_turns} turns"
         )
-        lead = (
-            "This conversation has reached the length limit for our automated assistant, so I'm handing it "
-            "to a person who can help you further."
-        )
         async for event in self._agent_escalation(turn, decision):
             yield event
         if turn.escalation is not None:
-            turn.reply = lead + _ticket_sentence(turn.escalation.ticket_id)
+            turn.reply = texts.TURN_CAP_HANDED_OVER + texts.ticket_sentence(turn.escalation.ticket_id)
         else:
-            turn.reply = (
-                "This conversation has reached the length limit for our automated assistant. Please start a "
-                "new conversation, or ask there for a member of our support team."
-            )
-        if turn.request.stream:
-            yield TextDeltaEvent(turn.reply)
+            turn.reply = texts.TURN_CAP_NO_HELPDESK
+        yield TextDeltaEvent(turn.reply)
 
-    # --- the bot's turn ------------------------------------------------------------------------------------
-
-    async def _bot_turn(
-        self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
-    ) -> AsyncIterator[TurnEvent]:
-        request = turn.request
-        verdict = self._guardrails.check_input(request.message, self._settings.max_message_chars)
-        for flag in verdict.flags:
-            yield self._flag(turn, flag)
-        if verdict.blocked:
-            turn.reply = verdict.safe_reply
-            if request.stream:
-                yield TextDeltaEvent(turn.reply)
-            return
-
+    async def _retrieve(self, turn: _Turn, search: asyncio.Task[RetrievalResult]) -> AsyncIterator[TurnEvent]:
+        """Awaits the search started with the turn and quarantines chunks that carry instructions: they never
+        reach the model (nor the customer through it)."""
         retrieved = await search
-        hits = () if retrieved.nothing_relevant else retrieved.hits
-        # Quarantine: a chunk carrying instructions never reaches the model (nor the customer through it).
         kept = []
-        for hit in hits:
+        for hit in () if retrieved.nothing_relevant else retrieved.hits:
             suspicious = self._guardrails.scan_untrusted(f"kb:{hit.doc_id}", hit.text)
-            for raw in suspicious:
-                yield self._flag(turn, raw)
+            for flag in suspicious:
+                yield turn.record(GuardrailEvent(flag))
             if not suspicious:
                 kept.append(hit)
         turn.hits = tuple(kept)
         turn.knowledge_gap = not turn.hits
         yield SourcesEvent(tuple(Source.of(hit) for hit in turn.hits), turn.knowledge_gap)
 
-        decision = self._policy.evaluate(request.message)
-        hint = (
-            EscalationHint(
-                decision.reason_code, decision.priority, decision.trigger, decision.customer_message
-            )
-            if decision
-            else None
-        )
+    async def _model_rounds(
+        self,
+        turn: _Turn,
+        conversation: Conversation,
+        policy_decision: EscalationDecision | None,
+    ) -> AsyncIterator[TurnEvent]:
+        """Up to `max_tool_rounds` model calls; the tools each one asks for run before the next. Sets
+        `answered` and `reply` when a call gives the final reply (else the rounds ran out)."""
+        request = turn.request
         tools = await self._tools.list_tools()
-        tool_names = {
-            str(tool.get("function", {}).get("name"))
-            for tool in tools
-            if isinstance(tool.get("function"), Mapping)
-        }
+        tool_names = _tool_names(tools)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "system", "content": kb_context_message(turn.hits, self._guardrails.untrusted_block)},
             *history_messages(conversation.turns, self._settings.context_token_budget),
             {"role": "user", "content": request.message},
         ]
-
-        answered = False
         used_ids: set[str] = set()
         for round_index in range(self._settings.max_tool_rounds):
             result: ModelResult | None = None
-            async for chunk in self._model.generate(
-                ModelRequest(
-                    messages=tuple(messages),
-                    tools=tools,
-                    stream=request.stream,
-                    user_message=request.message,
-                    hits=turn.hits,
-                    escalation_hint=hint,
-                )
-            ):
+            model_request = ModelRequest(
+                messages=tuple(messages),
+                tools=tools,
+                stream=request.stream,
+                user_message=request.message,
+                hits=turn.hits,
+                escalation_hint=policy_decision,
+            )
+            async for chunk in self._model.generate(model_request):
                 if isinstance(chunk, TextChunk):
-                    if request.stream and chunk.text:
+                    if chunk.text:
                         yield TextDeltaEvent(chunk.text)
                 else:
                     result = chunk
             assert result is not None, "a model port must end with a ModelResult"
-            self._count_usage(turn, result)
+            turn.count(result, self._model.name)
             if not result.tool_calls:
                 turn.reply = result.content
-                answered = True
-                break
-            # Every call needs an id unique in the turn: it pairs the tool message with its call and scopes
-            # the idempotency key. Missing or repeated ids from the model are replaced (consistently).
-            calls = []
-            for index, call in enumerate(result.tool_calls):
-                call_id = call.id if call.id and call.id not in used_ids else f"call_{round_index}_{index}"
-                used_ids.add(call_id)
-                calls.append(replace(call, id=call_id))
-            messages.append(
-                {
-                    "role": "assistant",
-                    "content": result.content or None,
-                    "tool_calls": [
-                        {
-                            "id": call.id,
-                            "type": "function",
-                            "function": {"name": call.name, "arguments": call.arguments},
-                        }
-                        for call in calls
-                    ],
-                }
-            )
+                turn.knew_answer = result.knew_answer
+                turn.answered = True
+                return
+            calls = _unique_call_ids(result.tool_calls, used_ids, round_index)
+            messages.append(_assistant_message(result.content, calls))
             for call in calls:
                 yield ToolCallStartedEvent(ToolCallRecord(call.id, call.name, call.arguments))
-            outcomes = await asyncio.gather(*(self._execute(turn, call, tool_names) for call in calls))
-            for call, outcome in zip(calls, outcomes, strict=True):
+            executed = await asyncio.gather(*(self._execute(turn, call, tool_names) for call in calls))
+            for call, (outcome, quarantine_flags) in zip(calls, executed, strict=True):
+                for flag in quarantine_flags:
+                    yield turn.record(GuardrailEvent(flag))
                 record = ToolCallRecord(
                     call.id, call.name, call.arguments, outcome.content_json, outcome.is_error
                 )
-                turn.tool_calls.append(record)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": outcome.content_json})
-                yield ToolCallFinishedEvent(record)
-                if call.name == ESCALATE_TOOL and not outcome.is_error and turn.escalation is None:
-                    ticket_id = parse_ticket_id(outcome.content_json)
-                    if ticket_id:
-                        turn.escalation = EscalationInfo(
-                            ticket_id=ticket_id,
-                            priority=_escalation_priority(record) or (hint.priority if hint else "medium"),
-                            reason_code=hint.reason_code if hint else "model_initiated",
-                            detail=hint.trigger if hint else "the model called escalate_to_human",
-                        )
-                        yield self._escalated(turn)
+                yield turn.record(ToolCallFinishedEvent(record))
+                escalation = self._model_escalation(turn, record, policy_decision)
+                if escalation is not None:
+                    yield turn.record(EscalationEvent(escalation))
 
-        if not answered:
-            decision_limit = self._policy.decision_for(
+    @staticmethod
+    def _model_escalation(
+        turn: _Turn, call: ToolCallRecord, policy_decision: EscalationDecision | None
+    ) -> EscalationInfo | None:
+        """The escalation an escalate_to_human call of the model opened (the first one counts)."""
+        if call.name != ESCALATE_TOOL or call.is_error or turn.escalation is not None:
+            return None
+        ticket_id = parse_ticket_id(call.result_json)
+        if not ticket_id:
+            return None
+        return EscalationInfo(
+            ticket_id=ticket_id,
+            priority=escalation_priority(call) or (policy_decision.priority if policy_decision else "medium"),
+            reason_code=policy_decision.reason_code if policy_decision else "model_initiated",
+            detail=policy_decision.trigger if policy_decision else "the model called escalate_to_human",
+        )
+
+    async def _apply_outcome(
+        self, turn: _Turn, outcome: TurnOutcome, policy_decision: EscalationDecision | None
+    ) -> AsyncIterator[TurnEvent]:
+        if outcome is TurnOutcome.ESCALATE_LOOP_LIMIT:
+            decision = self._policy.decision_for(
                 "loop_limit", f"{self._settings.max_tool_rounds} tool rounds without a final answer"
             )
-            async for event in self._agent_escalation(turn, decision_limit):
+            async for event in self._agent_escalation(turn, decision):
                 yield event
-            turn.reply = self._escalation_reply(turn, decision_limit)
-            if request.stream:
-                yield TextDeltaEvent(turn.reply)
-        else:
-            if decision is None and turn.escalation is None and self._tools_kept_failing(turn):
-                decision = self._policy.decision_for(
-                    "tool_failure",
-                    f"{TOOL_FAILURES_BEFORE_ESCALATION}+ tool calls timed out or were unavailable",
-                )
-            if decision is not None and turn.escalation is None:
-                async for event in self._agent_escalation(turn, decision):
-                    yield event
-                addition = self._escalation_reply(turn, decision)
-                turn.reply = f"{turn.reply}\n\n{addition}" if turn.reply.strip() else addition
-                if request.stream:
-                    yield TextDeltaEvent(("\n\n" if turn.reply != addition else "") + addition)
-            elif turn.escalation is None and (
-                not turn.reply.strip()
-                or self._policy.decide_no_answer(turn.knowledge_gap, bool(turn.tool_calls))
-            ):
-                if turn.reply != DONT_KNOW:
-                    logger.info(
-                        "no relevant knowledge and no tool used: answering that we do not know",
-                        extra=turn.log_ids,
-                    )
-                turn.reply = DONT_KNOW
+            turn.reply = self._escalation_reply(turn, decision)
+            yield TextDeltaEvent(turn.reply)
+        elif outcome in (TurnOutcome.ESCALATE_POLICY_TRIGGER, TurnOutcome.ESCALATE_TOOL_FAILURES):
+            decision = policy_decision or self._policy.decision_for(
+                "tool_failure", f"{TOOL_FAILURES_BEFORE_ESCALATION}+ tool calls timed out or were unavailable"
+            )
+            async for event in self._agent_escalation(turn, decision):
+                yield event
+            addition = self._escalation_reply(turn, decision)
+            had_reply = bool(turn.reply.strip())
+            turn.reply = f"{turn.reply}\n\n{addition}" if had_reply else addition
+            yield TextDeltaEvent(("\n\n" if had_reply else "") + addition)
+        elif outcome is TurnOutcome.DONT_KNOW:
+            logger.info("nothing to answer from: answering that we do not know", extra=turn.log_ids)
+            turn.reply = texts.DONT_KNOW
         if turn.escalation is not None and turn.escalation.ticket_id not in turn.reply:
-            turn.reply += _ticket_sentence(turn.escalation.ticket_id)
+            turn.reply += texts.ticket_sentence(turn.escalation.ticket_id)
 
+    async def _screen_output(self, turn: _Turn) -> AsyncIterator[TurnEvent]:
         known_links: set[str] = set()
         for hit in turn.hits:
             known_links |= self._guardrails.extract_links(hit.text)
@@ -562,30 +554,35 @@ class TurnRunner:
         )
         turn.reply = checked.reply
         for flag in checked.flags:
-            yield self._flag(turn, flag)
-        turn.sources = self._citations(turn)
+            yield turn.record(GuardrailEvent(flag))
+
+    def _citations(self, turn: _Turn) -> tuple[Source, ...]:
+        """Sources the reply used: its [n] markers; else the top hit when it answered from the KB unaided."""
+        cited: list[Source] = []
+        for match in _CITATION.finditer(turn.reply):
+            number = int(match.group(1))
+            if 1 <= number <= len(turn.hits):
+                source = Source.of(turn.hits[number - 1])
+                if source not in cited:
+                    cited.append(source)
+        if cited:
+            return tuple(cited)
+        answered_from_kb = (
+            turn.hits
+            and not turn.tool_calls
+            and turn.escalation is None
+            and turn.outcome is TurnOutcome.ANSWER
+            and turn.knew_answer
+        )
+        return (Source.of(turn.hits[0]),) if answered_from_kb else ()
+
+    # --- escalation and tools -------------------------------------------------------------------------------
 
     @staticmethod
-    def _tools_kept_failing(turn: _Turn) -> bool:
-        failures = 0
-        for call in turn.tool_calls:
-            if not call.is_error:
-                continue
-            try:
-                error = json.loads(call.result_json).get("error", {})
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(error, Mapping) and error.get("code") in _TRANSIENT_TOOL_ERRORS:
-                failures += 1
-        return failures >= TOOL_FAILURES_BEFORE_ESCALATION
-
-    def _escalation_reply(self, turn: _Turn, decision: EscalationDecision) -> str:
+    def _escalation_reply(turn: _Turn, decision: EscalationDecision) -> str:
         if turn.escalation is None:
-            return (
-                "I'm an automated assistant and I wanted to hand this to a member of our support team, but the "
-                "helpdesk is not reachable right now. Please try again in a few minutes."
-            )
-        return decision.customer_message + _ticket_sentence(turn.escalation.ticket_id)
+            return texts.HELPDESK_UNREACHABLE
+        return decision.customer_message + texts.ticket_sentence(turn.escalation.ticket_id)
 
     async def _agent_escalation(self, turn: _Turn, decision: EscalationDecision) -> AsyncIterator[TurnEvent]:
         """The agent escalates itself (idempotency key: the turn id)."""
@@ -609,101 +606,32 @@ class TurnRunner:
             except ToolsUnavailableError as error:
                 logger.error(
                     "escalation failed",
-                    extra={**turn.log_ids, "reason_code": decision.reason_code, "grpc_code": error.code.name},
+                    extra={**turn.log_ids, "reason_code": decision.reason_code, "grpc_code": error.code},
                 )
                 # The helpdesk refuses some customer text (e.g. injection-like); retry once without it.
                 if not error.refused_input:
                     break
         if ticket is None:
             return
-        turn.escalation = EscalationInfo(
+        escalation = EscalationInfo(
             ticket_id=ticket.ticket_id,
             priority=ticket.priority or decision.priority,
             reason_code=decision.reason_code,
             detail=decision.trigger,
         )
-        yield self._escalated(turn)
+        yield turn.record(EscalationEvent(escalation))
 
-    def _escalated(self, turn: _Turn) -> EscalationEvent:
-        escalation = turn.escalation
-        assert escalation is not None
-        turn.state = "pending_human"
-        turn.ticket_id = escalation.ticket_id
-        observability.record_escalation(escalation.reason_code)
-        audit.info(
-            "escalated to a human",
-            extra={
-                **turn.log_ids,
-                "event": "escalation",
-                "ticket_id": escalation.ticket_id,
-                "priority": escalation.priority,
-                "reason_code": escalation.reason_code,
-                "trigger": escalation.detail,
-            },
-        )
-        return EscalationEvent(escalation)
-
-    def _flag(self, turn: _Turn, raw: GuardrailFlagLike) -> GuardrailEvent:
-        flag = Flag(stage=str(raw.stage), rule=str(raw.rule), detail=str(raw.detail))
-        turn.flags.append(flag)
-        audit.warning(
-            "guardrail tripped",
-            extra={
-                **turn.log_ids,
-                "event": "guardrail",
-                "stage": flag.stage,
-                "rule": flag.rule,
-                "detail": flag.detail,
-            },
-        )
-        return GuardrailEvent(flag)
-
-    def _count_usage(self, turn: _Turn, result: ModelResult) -> None:
-        turn.model = result.model or self._model.name
-        turn.model_calls += 1
-        turn.prompt_tokens += result.prompt_tokens
-        turn.completion_tokens += result.completion_tokens
-        turn.fallback = turn.fallback or result.fallback
-
-    async def _execute(self, turn: _Turn, call: ToolCallRequest, tool_names: set[str]) -> ToolOutcome:
+    async def _execute(
+        self, turn: _Turn, call: ToolCallRequest, tool_names: set[str]
+    ) -> tuple[ToolOutcome, tuple[Flag, ...]]:
+        """Runs one tool call; a result carrying instructions is withheld from the model (its flags are
+        returned for the caller to record)."""
         started = time.perf_counter()
-        if call.name not in tool_names:
+        outcome = await self._call_tool(turn, call, tool_names)
+        flags = tuple(self._guardrails.scan_untrusted(f"tool:{call.name[:32]}", outcome.content_json))
+        if flags:
             outcome = ToolOutcome(
-                error_result(
-                    "unknown_tool",
-                    f"There is no tool named {call.name[:64]!r}. Available tools: {', '.join(sorted(tool_names))}.",
-                    retryable=False,
-                ),
-                is_error=True,
-            )
-        else:
-            try:
-                arguments = json.loads(call.arguments or "{}")
-            except ValueError:
-                arguments = None
-            if not isinstance(arguments, dict):
-                outcome = ToolOutcome(
-                    error_result(
-                        "invalid_arguments", "The arguments must be a JSON object; they did not parse.", False
-                    ),
-                    is_error=True,
-                )
-            else:
-                with observability.genai_span("execute_tool", call.name):
-                    outcome = await self._tools.execute(
-                        call.name,
-                        call.arguments,
-                        conversation_id=turn.request.conversation_id,
-                        idempotency_key=f"{turn.turn_id}:{call.id}",
-                        customer_id=turn.request.customer_id,
-                    )
-        suspicious = self._guardrails.scan_untrusted(f"tool:{call.name[:32]}", outcome.content_json)
-        if suspicious:
-            # Quarantine: a result carrying instructions is withheld from the model.
-            for raw in suspicious:
-                self._flag(turn, raw)
-            outcome = ToolOutcome(
-                error_result(
+                tool_error_json(
                     "untrusted_content",
                     "The tool result contained instruction-like text and was withheld; offer the customer a human.",
                     retryable=False,
@@ -712,7 +640,7 @@ class TurnRunner:
             )
         seconds = time.perf_counter() - started
         metric_name = call.name if call.name in tool_names else "unknown"
-        observability.record_tool_call(metric_name, _metric_outcome(outcome), seconds)
+        metrics.record_tool_call(metric_name, metric_outcome(outcome), seconds)
         audit.info(
             "tool call",
             extra={
@@ -724,25 +652,59 @@ class TurnRunner:
                 "duration_ms": round(seconds * 1000, 1),
             },
         )
-        return outcome
+        return outcome, flags
 
-    def _citations(self, turn: _Turn) -> tuple[Source, ...]:
-        """Sources the reply used: its [n] markers; else the top hit when it answered from the KB unaided."""
-        cited: list[Source] = []
-        for match in _CITATION.finditer(turn.reply):
-            number = int(match.group(1))
-            if 1 <= number <= len(turn.hits):
-                source = Source.of(turn.hits[number - 1])
-                if source not in cited:
-                    cited.append(source)
-        if cited:
-            return tuple(cited)
-        answered_from_kb = (
-            turn.hits and not turn.tool_calls and turn.escalation is None and turn.reply != DONT_KNOW
-        )
-        return (Source.of(turn.hits[0]),) if answered_from_kb else ()
+    async def _call_tool(self, turn: _Turn, call: ToolCallRequest, tool_names: set[str]) -> ToolOutcome:
+        if call.name not in tool_names:
+            message = f"There is no tool named {call.name[:64]!r}. Available tools: {', '.join(sorted(tool_names))}."
+            return ToolOutcome(tool_error_json("unknown_tool", message, retryable=False), is_error=True)
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            message = "The arguments must be a JSON object; they did not parse."
+            return ToolOutcome(tool_error_json("invalid_arguments", message, retryable=False), is_error=True)
+        with observability.genai_span("execute_tool", call.name):
+            return await self._tools.execute(
+                call.name,
+                call.arguments,
+                conversation_id=turn.request.conversation_id,
+                idempotency_key=f"{turn.turn_id}:{call.id}",
+                customer_id=turn.request.customer_id,
+            )
 
-    # --- persistence ---------------------------------------------------------------------------------------
+    # --- audit and persistence ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(turn: _Turn, event: TurnEvent) -> None:
+        """The audit log and metrics of the events that matter after the fact."""
+        if isinstance(event, GuardrailEvent):
+            flag = event.flag
+            audit.warning(
+                "guardrail tripped",
+                extra={
+                    **turn.log_ids,
+                    "event": "guardrail",
+                    "stage": flag.stage,
+                    "rule": flag.rule,
+                    "detail": flag.detail,
+                },
+            )
+        elif isinstance(event, EscalationEvent):
+            escalation = event.escalation
+            metrics.record_escalation(escalation.reason_code)
+            audit.info(
+                "escalated to a human",
+                extra={
+                    **turn.log_ids,
+                    "event": "escalation",
+                    "ticket_id": escalation.ticket_id,
+                    "priority": escalation.priority,
+                    "reason_code": escalation.reason_code,
+                    "trigger": escalation.detail,
+                },
+            )
 
     async def _persist(self, turn: _Turn) -> TurnResult:
         request = turn.request
@@ -756,13 +718,7 @@ class TurnRunner:
             sources=turn.sources,
             flags=tuple(turn.flags),
             state=turn.state,
-            usage=UsageInfo(
-                model=turn.model,
-                model_calls=turn.model_calls,
-                prompt_tokens=turn.prompt_tokens,
-                completion_tokens=turn.completion_tokens,
-                fallback=turn.fallback,
-            ),
+            usage=turn.usage,
             knowledge_gap=turn.knowledge_gap,
             assignee=turn.assignee,
             ticket_id=turn.ticket_id,
@@ -806,14 +762,14 @@ class TurnRunner:
         state, ticket_id, assignee = "bot", "", ""
         if conversation.ever_escalated:
             try:
-                tickets = await self._tools.list_tickets(conversation_id, customer_id)
+                open_ticket = _latest_open_ticket(
+                    await self._tools.list_tickets(conversation_id, customer_id)
+                )
             except ToolsUnavailableError:
-                tickets = ()
+                open_ticket = None
                 last = conversation.turns[-1]
                 state, ticket_id, assignee = last.state, last.ticket_id, last.assignee
-            open_tickets = [ticket for ticket in tickets if ticket.status in {"open", "assigned"}]
-            if open_tickets:
-                ticket = max(open_tickets, key=lambda item: item.update_time)
-                state = "human" if ticket.status == "assigned" else "pending_human"
-                ticket_id, assignee = ticket.ticket_id, ticket.assignee
+            if open_ticket is not None:
+                state = _owned_state(open_ticket)
+                ticket_id, assignee = open_ticket.ticket_id, open_ticket.assignee
         return ConversationView(conversation, state, ticket_id, assignee)

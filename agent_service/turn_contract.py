@@ -1,20 +1,78 @@
-"""What the turn loop exchanges with the rest of the agent: its ports (retrieval, tools, guardrails), the
-request it takes, the typed events it yields, its settings and request validation. No gRPC here."""
+"""What the turn exchanges with the rest of the agent: its ports (retrieval, tools, guardrails) and the
+values they return, the request it takes, the typed events it yields, its settings (the one place their
+defaults are written) and request validation. No gRPC here; the adapters import from this module."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent_service.adapters.retrieval_client import RetrievalResult
-from agent_service.adapters.tools_client import TicketView, ToolOutcome
-from agent_service.domain import Conversation, EscalationInfo, Flag, Source, ToolCallRecord, TurnResult
+from agent_service.domain import (
+    Conversation,
+    EscalationInfo,
+    Flag,
+    KbHit,
+    Source,
+    ToolCallRecord,
+    TurnResult,
+)
 from agent_service.errors import InvalidInputError
+from agent_service.guardrails import DEFAULT_MAX_INPUT_CHARS, InputVerdict, OutputVerdict
 
 MAX_ID_CHARS = 128
 _ALLOWED_MESSAGE_CONTROLS = frozenset("\n\r\t")
+
+
+# --- what the ports return ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    hits: tuple[KbHit, ...]
+    nothing_relevant: bool
+    # True when the retrieval service could not be asked (the turn proceeds as a knowledge gap).
+    failed: bool = False
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """What a tool call gave back: exactly the JSON the model is shown, and whether it is an error."""
+
+    content_json: str
+    is_error: bool
+
+
+def tool_error_json(code: str, message: str, retryable: bool) -> str:
+    """The structured error result a failed tool call gives the model: `{"error": {"code", "message", ...}}`."""
+    return json.dumps({"error": {"code": code, "message": message, "retryable": retryable}})
+
+
+@dataclass(frozen=True)
+class TicketView:
+    ticket_id: str
+    status: str  # open | assigned | resolved
+    priority: str
+    reason_code: str
+    assignee: str
+    resolution_note: str
+    estimated_wait: str
+    # (author name, text) of the human agent's messages.
+    human_replies: tuple[tuple[str, str], ...]
+    update_time: float
+
+
+class ToolsUnavailableError(Exception):
+    """The tools service could not be reached or refused the call (`code` is the gRPC status name)."""
+
+    def __init__(self, code: str, details: str, *, refused_input: bool = False) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+        # The service rejected the request's content (INVALID_ARGUMENT), rather than being unavailable.
+        self.refused_input = refused_input
 
 
 # --- ports the loop needs besides the model and the store -------------------------------------------------
@@ -25,6 +83,9 @@ class Retrieval(Protocol):
 
 
 class Tools(Protocol):
+    """`execute` never raises for a tool failure (it returns an error outcome); the others raise
+    `ToolsUnavailableError`."""
+
     async def list_tools(self) -> tuple[dict[str, Any], ...]: ...
 
     async def execute(
@@ -50,45 +111,20 @@ class Tools(Protocol):
     async def append_customer_message(self, ticket_id: str, text: str, customer_id: str) -> None: ...
 
 
-class GuardrailFlagLike(Protocol):
-    @property
-    def stage(self) -> str: ...
-    @property
-    def rule(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-
-
-class InputVerdictLike(Protocol):
-    @property
-    def blocked(self) -> bool: ...
-    @property
-    def flags(self) -> Sequence[GuardrailFlagLike]: ...
-    @property
-    def safe_reply(self) -> str: ...
-
-
-class OutputVerdictLike(Protocol):
-    @property
-    def reply(self) -> str: ...
-    @property
-    def flags(self) -> Sequence[GuardrailFlagLike]: ...
-
-
 class Guardrails(Protocol):
-    """The `agent_service.guardrails` module satisfies this."""
+    """The `agent_service.guardrails` package satisfies this."""
 
-    def check_input(self, message: str, max_chars: int = ...) -> InputVerdictLike: ...
+    def check_input(self, message: str, max_chars: int = ...) -> InputVerdict: ...
 
     def check_output(
         self, reply: str, system_prompt: str, known_links: Collection[str], allowed_domains: Collection[str]
-    ) -> OutputVerdictLike: ...
+    ) -> OutputVerdict: ...
 
     def untrusted_block(self, label: str, text: str) -> str: ...
 
     def extract_links(self, text: str) -> set[str]: ...
 
-    def scan_untrusted(self, label: str, text: str) -> Sequence[GuardrailFlagLike]: ...
+    def scan_untrusted(self, label: str, text: str) -> Sequence[Flag]: ...
 
 
 # --- requests and events ------------------------------------------------------------------------------------
@@ -153,12 +189,21 @@ TurnEvent = (
 
 @dataclass(frozen=True)
 class TurnSettings:
+    """The turn's limits. `Config` takes its defaults from here."""
+
+    # Model calls per turn; the last one must answer, else the turn escalates with loop_limit.
     max_tool_rounds: int = 5
+    # Customer turns since the last hand-back before the conversation goes to a person.
     max_turns: int = 25
-    max_message_chars: int = 4000
+    # Above this the input guardrail blocks the message (see `hard_max_message_chars`).
+    max_message_chars: int = DEFAULT_MAX_INPUT_CHARS
+    # Rough token budget for the history sent to the model (system prompt and KB context always kept).
     context_token_budget: int = 6000
+    # Link domains the reply may carry besides the links in the retrieved KB text.
     link_allowlist: tuple[str, ...] = ()
+    # How long a conversation's in-flight lock lives if its holder dies without releasing it.
     turn_lease_seconds: float = 120.0
+    # Load shedding: turns beyond this run concurrently are refused at once (OverloadedError).
     max_concurrent_turns: int = 1024
 
     @property

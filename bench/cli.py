@@ -63,7 +63,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     machine = machine_info(REPO_ROOT, argv)
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix="support-bench-"))
-    stack = BenchStack(run_dir=run_dir, log_level=args.log_level, profile_dir=args.profile)
+    stack = BenchStack.in_run_dir(run_dir, log_level=args.log_level, profile_dir=args.profile)
     ctx = BenchContext(settings=settings, stack=stack, kb_dir=args.kb.resolve(), run_dir=run_dir)
     figures: list[Figure] = []
     timings: dict[str, dict[str, float]] = {}

@@ -1,4 +1,4 @@
-"""`python -m retrieval_service` runs the server."""
+"""`python -m retrieval_service`: runs the service until SIGTERM or SIGINT."""
 
 from retrieval_service.server import main
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
 
 DEFAULT_ADDR = "127.0.0.1:50052"
@@ -33,6 +34,8 @@ class Config:
     embed_threads: int = 1
     extra_filter_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS); off by default.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -55,6 +58,7 @@ class Config:
             embed_threads=env_int("RETRIEVAL_EMBED_THREADS", 1, env, minimum=1),
             extra_filter_keys=env_list("RETRIEVAL_FILTER_KEYS", (), env),
             log_level=env_str("LOG_LEVEL", "INFO", env),
+            auth=AuthConfig.from_env(env),
         )
         if config.max_distance > 2.0:
             raise ConfigError(f"RETRIEVAL_MAX_DISTANCE={config.max_distance} must be <= 2 (cosine distance)")

@@ -440,6 +440,11 @@ class KnowledgeBase:
         logger.info("deleted documents", extra={"documents": len(by_doc), "chunks": len(chunk_ids)})
         return DeleteReport(len(by_doc), len(chunk_ids), sorted(by_doc))
 
+    async def close(self) -> None:
+        """Releases the store (after any ingestion in flight); the knowledge base is unusable afterwards."""
+        async with self._write_lock:
+            await asyncio.to_thread(self._store.close)
+
     async def ping(self) -> None:
         """Raises StoreUnavailableError while the store cannot be read."""
         await asyncio.to_thread(self._store.count)

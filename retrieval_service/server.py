@@ -1,14 +1,12 @@
-"""retrieval_service process: config → logging → embedding model + Chroma → gRPC server → serve until signal."""
+"""retrieval_service process: the embedding model and Chroma → the gRPC server; `main` runs it until a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import sys
 from dataclasses import dataclass
 
-import grpc
 from grpc_health.v1 import health
 
 from retrieval_service.adapters.chroma_store import ChromaStore, open_client
@@ -18,10 +16,10 @@ from retrieval_service.config import Config
 from retrieval_service.errors import EmbeddingMismatchError, StoreUnavailableError
 from retrieval_service.knowledge_base import DEFAULT_FILTER_KEYS, KnowledgeBase, Limits
 from retrieval_service.servicer import RetrievalServicer
-from service_kit.env import ConfigError
-from service_kit.grpc_server import bind, new_server, serve_until_signal, set_status
-from service_kit.jsonlog import configure_logging
-from service_kit.observability import setup_observability
+from service_kit import lifecycle
+from service_kit.grpc_server import new_server, set_status
+from service_kit.lifecycle import closing_on_error, start_serving
+from service_kit.service_main import run_service
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -68,18 +66,11 @@ class StoreHealth:
                 await self._probe
 
 
-@dataclass
-class StartedServer:
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
-    kb: KnowledgeBase
-    store_health: StoreHealth
+@dataclass(kw_only=True, eq=False)
+class StartedServer(lifecycle.StartedServer):
+    """The retrieval server, with its knowledge base (tests ingest into it directly)."""
 
-    async def stop(self, grace: float | None = None) -> None:
-        await self.store_health.close()
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+    kb: KnowledgeBase
 
 
 def build_knowledge_base(config: Config, embedding: MiniLMEmbedding | None = None) -> KnowledgeBase:
@@ -109,57 +100,35 @@ def build_knowledge_base(config: Config, embedding: MiniLMEmbedding | None = Non
 
 
 async def start_server(config: Config, embedding: MiniLMEmbedding | None = None) -> StartedServer:
-    """Builds and starts the server; `embedding` lets tests share one loaded model."""
-    kb = await asyncio.to_thread(build_knowledge_base, config, embedding)
-    server, health_servicer = new_server([SERVICE_NAME])
-    store_health = StoreHealth(kb, health_servicer)
-    servicer = RetrievalServicer(kb, store_health.store_down)
-    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = bind(server, config.addr)
-    await server.start()
-    await set_status(health_servicer, [SERVICE_NAME], serving=True)
-    return StartedServer(server=server, health=health_servicer, port=port, kb=kb, store_health=store_health)
-
-
-async def _serve(config: Config) -> None:
-    started = await start_server(config)
+    """Builds and starts the server; `embedding` lets tests share one loaded model. If starting fails part-way,
+    what was opened is closed again."""
+    async with closing_on_error([]) as closers:
+        kb = await asyncio.to_thread(build_knowledge_base, config, embedding)
+        closers.append(kb.close)
+        server, health_servicer = new_server([SERVICE_NAME], config.auth)
+        store_health = StoreHealth(kb, health_servicer)
+        closers.append(store_health.close)  # stops the probe before the store it reads is closed
+        servicer = RetrievalServicer(kb, store_health.store_down)
+        retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+        port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
     logger.info(
         "retrieval_service listening",
         extra={
             "addr": config.addr,
-            "port": started.port,
+            "port": port,
             "collection": config.collection,
             "store": f"chroma://{config.chroma_host}:{config.chroma_port}"
             if config.chroma_host
             else str(config.data_dir / "chroma"),
         },
     )
-    try:
-        await serve_until_signal(started.server, started.health)
-    finally:
-        await started.store_health.close()
+    return StartedServer(server=server, health=health_servicer, port=port, closers=closers, kb=kb)
 
 
 def main() -> None:
-    try:
-        config = Config.from_env()
-    except ConfigError as error:
-        print(f"retrieval_service: configuration error: {error}", file=sys.stderr)
-        sys.exit(2)
-    configure_logging("retrieval_service", config.log_level)
-    try:
-        observability = setup_observability("retrieval_service")
-    except ConfigError as error:
-        print(f"retrieval_service: configuration error: {error}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        asyncio.run(_serve(config))
-    except (EmbeddingMismatchError, StoreUnavailableError) as error:
-        logger.error("cannot start: %s", error)
-        print(f"retrieval_service: {error}", file=sys.stderr)
-        sys.exit(1)
-    except ConfigError as error:  # e.g. SERVICE_AUTH_TOKEN too short, read when the server is built
-        print(f"retrieval_service: configuration error: {error}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        observability.shutdown()
+    run_service(
+        "retrieval_service",
+        Config.from_env,
+        start_server,
+        startup_errors=(EmbeddingMismatchError, StoreUnavailableError),
+    )

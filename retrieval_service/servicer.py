@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from retrieval_service.errors import (
     EmbeddingMismatchError,
@@ -18,34 +16,12 @@ from retrieval_service.errors import (
     StoreUnavailableError,
 )
 from retrieval_service.knowledge_base import DocumentIn, KnowledgeBase, Outcome
-from service_kit.observability import observe_retrieval_distances
+from retrieval_service.metrics import observe_retrieval_distances
+from service_kit.codes import DOCUMENT_OUTCOME
+from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-_OUTCOMES = {
-    Outcome.ADDED: retrieval_pb2.DOCUMENT_OUTCOME_ADDED,
-    Outcome.UPDATED: retrieval_pb2.DOCUMENT_OUTCOME_UPDATED,
-    Outcome.UNCHANGED: retrieval_pb2.DOCUMENT_OUTCOME_UNCHANGED,
-    Outcome.REJECTED: retrieval_pb2.DOCUMENT_OUTCOME_REJECTED,
-}
-
-
-async def _abort_invalid(
-    context: grpc.aio.ServicerContext[Any, Any], error: InvalidArgumentError
-) -> NoReturn:
-    detail = error_details_pb2.BadRequest(
-        field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.reason)
-        ]
-    )
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(error))
-    status.details.add().Pack(detail)
-    await context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returned")
-
 
 StoreDown = Callable[[], Awaitable[None]]
 
@@ -54,42 +30,39 @@ async def _nothing() -> None:
     return None
 
 
-async def _guard(
-    context: grpc.aio.ServicerContext[Any, Any],
-    method: str,
-    call: Callable[[], Awaitable[T]],
-    store_down: StoreDown = _nothing,
-) -> T:
-    """Runs a handler body, mapping domain errors to gRPC status codes; never lets UNKNOWN escape."""
-    try:
-        return await call()
-    except InvalidArgumentError as error:
-        await _abort_invalid(context, error)
-    except LimitExceededError as error:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-    except (StoreUnavailableError, EmbeddingMismatchError) as error:
-        logger.error("%s: vector store unavailable: %s", method, error)
-        await store_down()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the knowledge base store is unavailable")
-    except Exception:
-        # abort() raises an internal exception that must propagate untouched.
-        if context.code() is not None:
-            raise
-        logger.exception("%s failed", method)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error in the retrieval service")
-    raise AssertionError("context.abort returned")
+def error_guard(store_down: StoreDown) -> ErrorGuard:
+    """Domain errors → status; a failing store is also reported to `store_down` (NOT_SERVING until it recovers)."""
+    return ErrorGuard(
+        [
+            StatusRule(
+                InvalidArgumentError,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                details=lambda error: [bad_request(error.field, error.reason)],
+            ),
+            StatusRule(LimitExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+            StatusRule(
+                (StoreUnavailableError, EmbeddingMismatchError),
+                grpc.StatusCode.UNAVAILABLE,
+                message="the knowledge base store is unavailable",
+                log="vector store unavailable",
+                on_error=store_down,
+            ),
+        ],
+        internal_message="internal error in the retrieval service",
+        logger=logger,
+    )
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, kb: KnowledgeBase, store_down: StoreDown = _nothing) -> None:
         """`store_down` is awaited when the store fails (the server reports NOT_SERVING until it recovers)."""
         self._kb = kb
-        self._store_down = store_down
+        self._guard = error_guard(store_down)
 
     async def Search(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.SearchResponse:
-        async def body() -> retrieval_pb2.SearchResponse:
+        async with self._guard(context):
             result = await self._kb.search(
                 request.query,
                 top_k=request.top_k if request.HasField("top_k") else None,
@@ -114,12 +87,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 dropped_count=result.dropped_count,
             )
 
-        return await _guard(context, "Search", body, self._store_down)
-
     async def IngestDocuments(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.IngestDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.IngestDocumentsResponse:
-        async def body() -> retrieval_pb2.IngestDocumentsResponse:
+        async with self._guard(context):
             documents = [
                 DocumentIn(
                     doc_id=doc.doc_id,
@@ -137,7 +108,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 results=[
                     retrieval_pb2.DocumentResult(
                         doc_id=item.doc_id,
-                        outcome=_OUTCOMES[item.outcome],
+                        outcome=DOCUMENT_OUTCOME.to_proto(item.outcome.value),
                         chunks_added=item.chunks_added,
                         chunks_unchanged=item.chunks_unchanged,
                         chunks_deleted=item.chunks_deleted,
@@ -152,12 +123,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 chunks_deleted=report.chunks_deleted,
             )
 
-        return await _guard(context, "IngestDocuments", body, self._store_down)
-
     async def DeleteDocuments(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.DeleteDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.DeleteDocumentsResponse:
-        async def body() -> retrieval_pb2.DeleteDocumentsResponse:
+        async with self._guard(context):
             report = await self._kb.delete(
                 doc_ids=list(request.doc_ids),
                 prefix=request.doc_id_prefix,
@@ -170,12 +139,10 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 deleted_doc_ids=report.deleted_doc_ids,
             )
 
-        return await _guard(context, "DeleteDocuments", body, self._store_down)
-
     async def GetStats(  # noqa: N802 - gRPC method name
         self, request: retrieval_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> retrieval_pb2.GetStatsResponse:
-        async def body() -> retrieval_pb2.GetStatsResponse:
+        async with self._guard(context):
             stats = await self._kb.stats()
             response = retrieval_pb2.GetStatsResponse(
                 documents=stats.documents,
@@ -189,5 +156,3 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 stamp.FromNanoseconds(int(stats.last_refresh_unix * 1e9))
                 response.last_refresh_time.CopyFrom(stamp)
             return response
-
-        return await _guard(context, "GetStats", body, self._store_down)

@@ -9,6 +9,9 @@ token too; grpcurl sends `-H` headers on its reflection calls as well).
 Callers send `SERVICE_AUTH_TOKEN` when it is set, else the first of `SERVICE_AUTH_TOKENS`. Rotation: give servers
 `SERVICE_AUTH_TOKENS=new,old`, move every caller to `SERVICE_AUTH_TOKEN=new`, then drop `old`.
 
+Nothing here reads the environment behind the caller's back: each service's `Config.from_env` (and each CLI)
+reads it once with `AuthConfig.from_env` and passes the `AuthConfig` in.
+
 Comparison is constant-time (`hmac.compare_digest` against every accepted token, no early exit); tokens are
 never logged, and a rejection log line names the method and the reason only. See docs/security.md.
 """
@@ -24,6 +27,7 @@ from typing import Any
 import grpc
 
 from service_kit.env import ConfigError, env_bool, env_opt
+from service_kit.rpc_handlers import with_behavior
 
 logger = logging.getLogger(__name__)
 
@@ -110,24 +114,11 @@ def token_matches(presented: str, accepted: Sequence[str]) -> bool:
     return matched
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
 def _denying_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def deny(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+    return with_behavior(handler, deny)
 
 
 class BearerAuthServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -167,20 +158,16 @@ async def _noop(_request: Any, _context: grpc.aio.ServicerContext) -> None:
     return None
 
 
-def server_interceptors(config: AuthConfig | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """The auth interceptor when authentication is configured (from the environment if `config` is None)."""
-    config = AuthConfig.from_env() if config is None else config
+def server_interceptors(config: AuthConfig) -> list[grpc.aio.ServerInterceptor]:
+    """The auth interceptor when `config` turns authentication on; none when it is off."""
     return [BearerAuthServerInterceptor(config)] if config.enabled else []
 
 
 # ---- client side -------------------------------------------------------------------------------------------
 
 
-def outbound_metadata(
-    metadata: Iterable[tuple[str, str]] = (), config: AuthConfig | None = None
-) -> tuple[tuple[str, str], ...]:
-    """`metadata` plus `authorization: Bearer <token>` when this process has an outbound token configured."""
-    config = AuthConfig.from_env() if config is None else config
+def outbound_metadata(metadata: Iterable[tuple[str, str]], config: AuthConfig) -> tuple[tuple[str, str], ...]:
+    """`metadata` plus `authorization: Bearer <token>` when `config` has an outbound token."""
     pairs = tuple((key, value) for key, value in metadata if key.lower() != AUTHORIZATION_KEY)
     if config.outbound_token:
         return (*pairs, (AUTHORIZATION_KEY, f"Bearer {config.outbound_token}"))
@@ -227,12 +214,10 @@ class _AsyncStreamStream(_AsyncBearer, grpc.aio.StreamStreamClientInterceptor): 
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-def client_interceptors(config: AuthConfig | None = None) -> list[grpc.aio.ClientInterceptor]:
-    """For `grpc.aio.insecure_channel(..., interceptors=client_interceptors())`: adds the token to every call.
-
-    Empty when no outbound token is configured, so it is safe to pass unconditionally.
+def client_interceptors(config: AuthConfig) -> list[grpc.aio.ClientInterceptor]:
+    """For `grpc.aio.insecure_channel(..., interceptors=client_interceptors(config))`: adds the token to every
+    call. Empty when `config` has no outbound token, so it is safe to pass unconditionally.
     """
-    config = AuthConfig.from_env() if config is None else config
     token = config.outbound_token
     if not token:
         return []
@@ -291,9 +276,8 @@ class _SyncCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
     compression: Any
 
 
-def intercept_sync_channel(channel: grpc.Channel, config: AuthConfig | None = None) -> grpc.Channel:
-    """A synchronous channel (CLIs, probes) that sends the configured token; `channel` itself when none is."""
-    config = AuthConfig.from_env() if config is None else config
+def intercept_sync_channel(channel: grpc.Channel, config: AuthConfig) -> grpc.Channel:
+    """A synchronous channel (CLIs, probes) that sends `config`'s token; `channel` itself when it has none."""
     if not config.outbound_token:
         return channel
     return grpc.intercept_channel(channel, _SyncBearer(config.outbound_token))

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from support_eval import driver, kb, report, scorer
 from support_eval.records import ConversationRecord
-from support_eval.stack import EvalStack, StackError
 from support_eval.suite import Suite, SuiteError, load_suite
+
+if TYPE_CHECKING:
+    from devstack import ProcessStack
 
 EXIT_OK = 0
 EXIT_THRESHOLD = 1
@@ -113,6 +118,31 @@ async def _ingest(retrieval_addr: str, files: Sequence[kb.KbFile], prune: bool) 
         _say(f"  rejected {rejected}")
 
 
+@contextlib.asynccontextmanager
+async def private_stack(extra_env: Mapping[str, str], keep_dir: bool) -> AsyncIterator[ProcessStack]:
+    """Retrieval and tools as subprocesses on free loopback ports, SERVING; the caller starts the agent once the
+    KB is ingested. A fresh run folder each time: DATA_DIR (a fresh collection, conversation, order and ticket
+    store) in `data/`, each service's log beside it (its tail is shown if one fails to start). The services get
+    the caller's environment (OPENAI_* and the agent's model settings pass through), then `extra_env`."""
+    try:  # the launcher is a developer tool of the repository checkout; service images do not carry it
+        from devstack import ProcessStack, StackError
+    except ImportError as error:
+        raise EvalError(f"a private stack needs the repository checkout ({error}); use --target") from error
+
+    workdir = Path(tempfile.mkdtemp(prefix="support-eval-"))
+    try:
+        async with ProcessStack(workdir / "data", env=extra_env, log_dir=workdir) as stack:
+            if keep_dir:
+                _say(f"data and service logs in {workdir}")
+            await stack.start_backends()
+            yield stack
+    except StackError as error:
+        raise EvalError(str(error)) from error
+    finally:
+        if not keep_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 async def collect(
     suite: Suite,
     args: argparse.Namespace,
@@ -132,17 +162,16 @@ async def collect(
             )
             return records, args.target
         _say("starting a private stack (retrieval, tools, agent) ...")
-        async with EvalStack(extra_env=extra_env, keep_dir=args.keep_data) as stack:
-            if args.keep_data:
-                _say(f"data and service logs in {stack.workdir}")
-            await _ingest(stack.retrieval_addr, files, prune=False)
-            await stack.start_agent()
-            _say(f"running {count} conversations against {stack.agent_addr}")
+        async with private_stack(extra_env, keep_dir=args.keep_data) as stack:
+            await _ingest(stack.addrs["retrieval"], files, prune=False)
+            await stack.start("agent")
+            agent_addr = stack.addrs["agent"]
+            _say(f"running {count} conversations against {agent_addr}")
             records = await driver.run_suite(
-                suite, stack.agent_addr, run_id, args.timeout, args.concurrency, args.only
+                suite, agent_addr, run_id, args.timeout, args.concurrency, args.only
             )
             return records, "private stack"
-    except (StackError, kb.KnowledgeBaseError) as error:
+    except kb.KnowledgeBaseError as error:
         raise EvalError(str(error)) from error
     except (grpc.aio.AioRpcError, TimeoutError) as error:
         raise EvalError(f"cannot reach the agent: {error}") from error

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import grpc
 
 from service_kit import auth
+from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, PRIORITY
 from service_kit.metadata import CUSTOMER_ID_KEY
-from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from support.v1 import agent_pb2, agent_pb2_grpc
 from support_eval.records import (
     ConversationRecord,
     EscalationRecord,
@@ -23,19 +24,6 @@ from support_eval.suite import ConversationSpec, Suite
 
 CHAT_TIMEOUT_SECONDS = 60.0
 
-_PRIORITY_NAMES = {
-    types_pb2.PRIORITY_UNSPECIFIED: "unspecified",
-    types_pb2.PRIORITY_LOW: "low",
-    types_pb2.PRIORITY_MEDIUM: "medium",
-    types_pb2.PRIORITY_HIGH: "high",
-}
-_STATE_NAMES = {
-    agent_pb2.CONVERSATION_STATE_UNSPECIFIED: "unspecified",
-    agent_pb2.CONVERSATION_STATE_BOT: "bot",
-    agent_pb2.CONVERSATION_STATE_PENDING_HUMAN: "pending_human",
-    agent_pb2.CONVERSATION_STATE_HUMAN: "human",
-}
-
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
@@ -45,11 +33,10 @@ def turn_record(message: str, response: agent_pb2.ChatResponse, latency_ms: floa
     """The proto response as plain data."""
     escalation = None
     if response.HasField("escalation"):
-        reason = types_pb2.EscalationReason.Name(response.escalation.reason)
         escalation = EscalationRecord(
             ticket_id=response.escalation.ticket_id,
-            priority=_PRIORITY_NAMES.get(response.escalation.priority, "unspecified"),
-            reason=reason.removeprefix("ESCALATION_REASON_").lower(),
+            priority=PRIORITY.from_proto(response.escalation.priority, "unspecified"),
+            reason=ESCALATION_REASON.from_proto(response.escalation.reason, "unspecified"),
             detail=response.escalation.detail,
         )
     return TurnRecord(
@@ -65,7 +52,7 @@ def turn_record(message: str, response: agent_pb2.ChatResponse, latency_ms: floa
             for source in response.sources
         ),
         knowledge_gap=response.knowledge_gap,
-        state=_STATE_NAMES.get(response.state, "unspecified"),
+        state=CONVERSATION_STATE.from_proto(response.state, "unspecified"),
         model=response.usage.model,
         fallback=response.usage.fallback,
         guardrail_flags=tuple(flag.rule for flag in response.guardrail_flags),
@@ -118,7 +105,9 @@ async def run_suite(
     run_id = run_id or new_run_id()
     specs = [spec for spec in suite.conversations if not only or spec.id in only]
     limit = asyncio.Semaphore(max(1, concurrency))
-    async with grpc.aio.insecure_channel(agent_addr, interceptors=auth.client_interceptors()) as channel:
+    async with grpc.aio.insecure_channel(
+        agent_addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
+    ) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=call_timeout)
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
 

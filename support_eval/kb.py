@@ -93,7 +93,9 @@ async def ingest(
     """Upserts `files`; with prune_others, deletes every other document of the collection afterwards."""
     added = updated = unchanged = deleted = 0
     rejected: list[str] = []
-    async with grpc.aio.insecure_channel(retrieval_addr, interceptors=auth.client_interceptors()) as channel:
+    async with grpc.aio.insecure_channel(
+        retrieval_addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
+    ) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             for batch in _batches(files):

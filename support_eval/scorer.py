@@ -18,15 +18,17 @@ Definitions (docs/eval.md has the long form):
 - Turn pass rate: turns whose every expectation held (an RPC error fails every expectation of its turn).
   Expectation pass rate: single checks that held. Error rate: turns whose RPC failed.
 - Latency p50/p95 (ms, nearest-rank) over every turn.
+
+Each expectation kind has one checker, registered in `_CHECKERS` under the `Expect` fields it reads.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from support_eval.records import ConversationRecord, TurnRecord
 from support_eval.suite import METRICS, NO_TOOL, Expect, Suite
@@ -122,6 +124,7 @@ def score(suite: Suite, records: Sequence[ConversationRecord]) -> Scorecard:
     """Every turn of `records` against the expectations of the matching conversation in `suite`."""
     specs = {conversation.id: conversation for conversation in suite.conversations}
     patterns = [re.compile(pattern, re.IGNORECASE) for pattern in suite.abstain_patterns]
+    context = _Context(suite, patterns)
     counts = _Counts()
     outcomes: list[TurnOutcome] = []
     for record in records:
@@ -130,7 +133,7 @@ def score(suite: Suite, records: Sequence[ConversationRecord]) -> Scorecard:
             raise KeyError(f"record for unknown conversation {record.spec_id!r}")
         for index, turn in enumerate(record.turns):
             expect = spec.turns[index].expect if index < len(spec.turns) else Expect()
-            outcomes.append(_score_turn(record.spec_id, index, turn, expect, suite, patterns, counts))
+            outcomes.append(_score_turn(record.spec_id, index, turn, expect, context, counts))
     return Scorecard(metrics=_metrics(counts), outcomes=tuple(outcomes))
 
 
@@ -169,131 +172,173 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     return ordered[rank - 1]
 
 
-def _score_turn(
-    conversation: str,
-    index: int,
-    turn: TurnRecord,
-    expect: Expect,
-    suite: Suite,
-    patterns: Sequence[re.Pattern[str]],
-    counts: _Counts,
-) -> TurnOutcome:
-    results: list[tuple[str, bool, str]] = []
+class _Check(NamedTuple):
+    """One expectation of one turn: its name, whether it held, and what to print when it did not."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a checker needs besides the turn and its expectations: the suite's settings."""
+
+    suite: Suite
+    patterns: Sequence[re.Pattern[str]]
+
+
+# A checker adds its turn to the metric counters and returns the checks it made, in report order.
+_Checker = Callable[[TurnRecord, Expect, _Context, _Counts], list[_Check]]
+
+
+def _check_cite(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    k = context.suite.k
+    counts.cite_turns += 1
+    ranked = ranked_doc_ids(turn)
+    rank = next((position + 1 for position, doc in enumerate(ranked) if doc in expect.cite), 0)
+    hit = 0 < rank <= k
+    counts.hits += hit
+    counts.reciprocal_ranks += 1.0 / rank if rank else 0.0
+    where = f"rank {rank}" if rank else "not cited"
+    detail = f"expected one of {list(expect.cite)} in the top {k} sources; got {ranked} ({where})"
+    return [_Check("cite", hit, detail)]
+
+
+def _check_tool(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
     names = [call.name for call in turn.tool_calls]
+    named = {expect.tool, *expect.not_tool}
+    escalation_tool = context.suite.escalation_tool
+    predicted = {name for name in names if name != escalation_tool or name in named}
+    expected = set() if expect.tool == NO_TOOL or expect.tool is None else {expect.tool}
+    counts.tool_tp += len(predicted & expected)
+    counts.tool_fp += len(predicted - expected)
+    counts.tool_fn += len(expected - predicted)
+    if expect.tool == NO_TOOL:
+        return [_Check("tool", not predicted, f"expected no tool call; got {sorted(predicted)}")]
+    return [_Check("tool", expect.tool in predicted, f"expected a call of {expect.tool}; got {names}")]
 
-    if expect.cite:
-        counts.cite_turns += 1
-        ranked = ranked_doc_ids(turn)
-        rank = next((position + 1 for position, doc in enumerate(ranked) if doc in expect.cite), 0)
-        hit = 0 < rank <= suite.k
-        counts.hits += hit
-        counts.reciprocal_ranks += 1.0 / rank if rank else 0.0
-        where = f"rank {rank}" if rank else "not cited"
-        results.append(
-            (
-                "cite",
-                hit,
-                f"expected one of {list(expect.cite)} in the top {suite.k} sources; got {ranked} ({where})",
-            )
-        )
 
-    if expect.tool is not None:
-        named = {expect.tool, *expect.not_tool}
-        predicted = {name for name in names if name != suite.escalation_tool or name in named}
-        expected = set() if expect.tool == NO_TOOL else {expect.tool}
-        counts.tool_tp += len(predicted & expected)
-        counts.tool_fp += len(predicted - expected)
-        counts.tool_fn += len(expected - predicted)
-        if expect.tool == NO_TOOL:
-            results.append(("tool", not predicted, f"expected no tool call; got {sorted(predicted)}"))
-        else:
-            results.append(
-                ("tool", expect.tool in predicted, f"expected a call of {expect.tool}; got {names}")
-            )
+def _check_tool_args(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    if expect.tool is None:
+        return []
+    counts.arg_turns += 1
+    calls = [call for call in turn.tool_calls if call.name == expect.tool]
+    ok = any(_args_match(call.arguments, expect.tool_args) for call in calls)
+    counts.arg_ok += ok
+    arguments = [call.arguments_json for call in calls]
+    detail = f"expected {expect.tool} with {dict(expect.tool_args)}; got {arguments}"
+    return [_Check("tool_args", ok, detail)]
 
-    if expect.tool_args and expect.tool is not None:
-        counts.arg_turns += 1
-        calls = [call for call in turn.tool_calls if call.name == expect.tool]
-        ok = any(_args_match(call.arguments, expect.tool_args) for call in calls)
-        counts.arg_ok += ok
-        arguments = [call.arguments_json for call in calls]
-        results.append(
-            ("tool_args", ok, f"expected {expect.tool} with {dict(expect.tool_args)}; got {arguments}")
-        )
 
-    if expect.not_tool:
-        forbidden = [name for name in names if name in expect.not_tool]
-        results.append(
-            ("not_tool", not forbidden, f"must not call {list(expect.not_tool)}; called {forbidden}")
-        )
+def _check_not_tool(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    forbidden = [call.name for call in turn.tool_calls if call.name in expect.not_tool]
+    detail = f"must not call {list(expect.not_tool)}; called {forbidden}"
+    return [_Check("not_tool", not forbidden, detail)]
 
+
+def _check_escalate(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
     escalated = turn.escalation is not None
-    if expect.escalate is not None:
-        counts.esc_tp += escalated and expect.escalate
-        counts.esc_fp += escalated and not expect.escalate
-        counts.esc_fn += (not escalated) and expect.escalate
-        got = _describe_escalation(turn)
-        results.append(
-            ("escalate", escalated == expect.escalate, f"expected escalate={expect.escalate}; got {got}")
-        )
+    counts.esc_tp += escalated and expect.escalate is True
+    counts.esc_fp += escalated and expect.escalate is False
+    counts.esc_fn += (not escalated) and expect.escalate is True
+    detail = f"expected escalate={expect.escalate}; got {_describe_escalation(turn)}"
+    return [_Check("escalate", escalated == expect.escalate, detail)]
 
-    if expect.priority is not None:
-        counts.priority_turns += 1
-        ok = turn.escalation is not None and turn.escalation.priority == expect.priority
-        counts.priority_ok += ok
-        results.append(
-            ("priority", ok, f"expected priority {expect.priority}; got {_describe_escalation(turn)}")
-        )
 
-    if expect.reason is not None:
-        counts.reason_turns += 1
-        ok = turn.escalation is not None and turn.escalation.reason == expect.reason
-        counts.reason_ok += ok
-        results.append(("reason", ok, f"expected reason {expect.reason}; got {_describe_escalation(turn)}"))
+def _check_priority(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.priority_turns += 1
+    ok = turn.escalation is not None and turn.escalation.priority == expect.priority
+    counts.priority_ok += ok
+    detail = f"expected priority {expect.priority}; got {_describe_escalation(turn)}"
+    return [_Check("priority", ok, detail)]
 
-    if expect.abstain is not None:
-        counts.abstain_turns += 1
-        did = abstained(turn.reply, patterns)
-        counts.abstain_ok += did == expect.abstain
-        wanted = "say it does not know" if expect.abstain else "answer (not abstain)"
-        results.append(("abstain", did == expect.abstain, f"expected the reply to {wanted}"))
 
-    if expect.contains or expect.not_contains:
-        counts.text_turns += 1
-        text_ok = True
-        reply = turn.reply.casefold()
-        for needle in expect.contains:
-            present = needle.casefold() in reply
-            text_ok &= present
-            results.append(("contains", present, f"reply lacks {needle!r}"))
-        for needle in expect.not_contains:
-            absent = needle.casefold() not in reply
-            text_ok &= absent
-            results.append(("not_contains", absent, f"reply contains {needle!r}"))
-        counts.text_ok += text_ok
+def _check_reason(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.reason_turns += 1
+    ok = turn.escalation is not None and turn.escalation.reason == expect.reason
+    counts.reason_ok += ok
+    detail = f"expected reason {expect.reason}; got {_describe_escalation(turn)}"
+    return [_Check("reason", ok, detail)]
 
-    if expect.state is not None:
-        counts.state_turns += 1
-        counts.state_ok += turn.state == expect.state
-        results.append(
-            ("state", turn.state == expect.state, f"expected state {expect.state}; got {turn.state}")
-        )
 
+def _check_abstain(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.abstain_turns += 1
+    did = abstained(turn.reply, context.patterns)
+    counts.abstain_ok += did == expect.abstain
+    wanted = "say it does not know" if expect.abstain else "answer (not abstain)"
+    return [_Check("abstain", did == expect.abstain, f"expected the reply to {wanted}")]
+
+
+def _check_text(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.text_turns += 1
+    reply = turn.reply.casefold()
+    checks = [
+        _Check("contains", needle.casefold() in reply, f"reply lacks {needle!r}")
+        for needle in expect.contains
+    ]
+    checks += [
+        _Check("not_contains", needle.casefold() not in reply, f"reply contains {needle!r}")
+        for needle in expect.not_contains
+    ]
+    counts.text_ok += all(check.ok for check in checks)
+    return checks
+
+
+def _check_state(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.state_turns += 1
+    ok = turn.state == expect.state
+    counts.state_ok += ok
+    return [_Check("state", ok, f"expected state {expect.state}; got {turn.state}")]
+
+
+# Expectation fields -> the checker that scores them, run when any of the fields is given; the order is
+# the order checks are counted and failures reported.
+_CHECKERS: tuple[tuple[tuple[str, ...], _Checker], ...] = (
+    (("cite",), _check_cite),
+    (("tool",), _check_tool),
+    (("tool_args",), _check_tool_args),
+    (("not_tool",), _check_not_tool),
+    (("escalate",), _check_escalate),
+    (("priority",), _check_priority),
+    (("reason",), _check_reason),
+    (("abstain",), _check_abstain),
+    (("contains", "not_contains"), _check_text),
+    (("state",), _check_state),
+)
+
+
+def _given(value: object) -> bool:
+    """Whether an expectation field is checked: None and empty collections mean "not checked"."""
+    if isinstance(value, Collection) and not isinstance(value, str):
+        return bool(value)
+    return value is not None
+
+
+def _score_turn(
+    conversation: str, index: int, turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts
+) -> TurnOutcome:
+    checks = [
+        check
+        for fields, checker in _CHECKERS
+        if any(_given(getattr(expect, name)) for name in fields)
+        for check in checker(turn, expect, context, counts)
+    ]
     failures: list[Failure] = []
     if turn.error is not None:
         counts.errors += 1
         failures.append(Failure("rpc", f"Chat failed: {turn.error}"))
-        failures.extend(Failure(check, "not met (the RPC failed)") for check, _, _ in results)
+        failures.extend(Failure(check.name, "not met (the RPC failed)") for check in checks)
         checks_ok = 0
     else:
-        failures.extend(Failure(check, detail) for check, ok, detail in results if not ok)
-        checks_ok = sum(ok for _, ok, _ in results)
-    counts.checks += len(results)
+        failures.extend(Failure(check.name, check.detail) for check in checks if not check.ok)
+        checks_ok = sum(check.ok for check in checks)
+    counts.checks += len(checks)
     counts.checks_ok += checks_ok
     counts.turns += 1
     counts.turns_ok += not failures
     counts.latencies.append(turn.latency_ms)
-    return TurnOutcome(conversation, index, len(results), tuple(failures))
+    return TurnOutcome(conversation, index, len(checks), tuple(failures))
 
 
 def _args_match(actual: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> bool:

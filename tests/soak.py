@@ -25,6 +25,8 @@ from typing import Any
 
 import grpc
 
+from devstack import SAMPLE_KB, ProcessStack, StackError, isolated_environ
+from devstack.loop_thread import LoopThread
 from support.v1 import agent_pb2, agent_pb2_grpc
 from testkit.scripted_openai import (
     Reply,
@@ -33,8 +35,6 @@ from testkit.scripted_openai import (
     has_tool_result,
     last_user_message,
 )
-from tests.reliability.inproc import LoopThread
-from tests.reliability.procs import ProcStack
 
 MAX_RSS_GROWTH = 0.10
 LANES = 20
@@ -119,7 +119,16 @@ async def _one_turn(
     stats.calls[method] += 1
 
 
-async def drive(stack: ProcStack, seconds: float, rate: float, stats: Stats) -> None:
+def rss_kib(stack: ProcessStack, name: str) -> int:
+    """Resident set size of a service process (VmRSS, KiB)."""
+    status = Path(f"/proc/{stack.pid(name)}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise StackError(f"no VmRSS for {name}")
+
+
+async def drive(stack: ProcessStack, seconds: float, rate: float, stats: Stats) -> None:
     rng = random.Random(7)
     interval = 1.0 / rate
     async with grpc.aio.insecure_channel(stack.addrs["agent"]) as channel:
@@ -131,7 +140,7 @@ async def drive(stack: ProcStack, seconds: float, rate: float, stats: Stats) -> 
         while (now := time.monotonic()) - start < seconds:
             if now >= next_sample:
                 for name in ("retrieval", "tools", "agent"):
-                    stats.rss.setdefault(name, []).append((now - start, stack.rss_kib(name)))
+                    stats.rss.setdefault(name, []).append((now - start, rss_kib(stack, name)))
                 next_sample += 2.0
             task = asyncio.create_task(_one_turn(stub, index, stats, rng))
             tasks.add(task)
@@ -141,7 +150,7 @@ async def drive(stack: ProcStack, seconds: float, rate: float, stats: Stats) -> 
         if tasks:
             await asyncio.wait(tasks, timeout=TURN_TIMEOUT + 5)
         for name in ("retrieval", "tools", "agent"):
-            stats.rss[name].append((time.monotonic() - start, stack.rss_kib(name)))
+            stats.rss[name].append((time.monotonic() - start, rss_kib(stack, name)))
 
 
 def rss_growth(samples: list[tuple[float, int]], warmup: float) -> tuple[int, int, float]:
@@ -158,18 +167,20 @@ def run(seconds: float, rate: float, data_dir: Path) -> tuple[int, dict[str, Any
     loop = LoopThread()
     model = ScriptedOpenAIServer(soak_model)
     base_url = loop.run(model.start())
-    stack = ProcStack(
+    stack = ProcessStack(
         data_dir,
-        extra_env={
+        environ=isolated_environ(),
+        env={
             "OPENAI_BASE_URL": base_url,
             "OPENAI_API_KEY": "soak-key",
             "LOG_LEVEL": "WARNING",
             "MODEL_MAX_RETRIES": "0",
         },
+        log_dir=data_dir / "logs",
     )
     stats = Stats()
     try:
-        stack.start_all()
+        asyncio.run(stack.start_all(SAMPLE_KB))
         asyncio.run(drive(stack, seconds, rate, stats))
     finally:
         stopped = stack.stop_all()

@@ -1,4 +1,4 @@
-"""`python -m tools_service`."""
+"""`python -m tools_service`: runs the service until SIGTERM or SIGINT."""
 
 from tools_service.server import main
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_bool, env_float, env_int, env_opt, env_str
 
 DEFAULT_ADDR = "127.0.0.1:50053"
@@ -33,6 +34,8 @@ class Config:
     order_api_retries: int = 2
     # Seed the demo orders into an empty SQLite order store on start.
     seed_demo_data: bool = True
+    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS); off by default.
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     @property
     def db_path(self) -> Path:
@@ -74,4 +77,5 @@ class Config:
             order_api_timeout_seconds=env_float("ORDER_API_TIMEOUT_SECONDS", 5.0, environ, minimum=0.001),
             order_api_retries=env_int("ORDER_API_RETRIES", 2, environ, minimum=0),
             seed_demo_data=env_bool("TOOLS_SEED_DEMO_DATA", True, environ),
+            auth=AuthConfig.from_env(environ),
         )

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 
-from service_kit.jsonlog import conversation_id_var, request_id_var
-from service_kit.metadata import CUSTOMER_ID_KEY, REQUEST_ID_KEY, metadata_value
+from service_kit.codes import (
+    ESCALATION_REASON,
+    MESSAGE_AUTHOR,
+    ORDER_STATUS,
+    PRIORITY,
+    TICKET_STATUS,
+    TOOL_ERROR_CODE,
+)
+from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
+from service_kit.metadata import CUSTOMER_ID_KEY, metadata_value
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
 from tools_service.errors import (
     BackendTimeoutError,
@@ -28,51 +34,14 @@ from tools_service.errors import (
     UnauthenticatedError,
 )
 from tools_service.orders import OrderService
-from tools_service.tickets import (
-    AUTHORS,
-    PRIORITIES,
-    REASON_CODES,
-    Source,
-    Ticket,
-    TicketService,
-    validate_escalation,
-)
+from tools_service.tickets import Source, Ticket, TicketService, validate_escalation
 from tools_service.tools import ToolFailure, ToolRunner
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-_TOOL_ERROR_CODES = {
-    "unknown_tool": tools_pb2.TOOL_ERROR_CODE_UNKNOWN_TOOL,
-    "invalid_arguments": tools_pb2.TOOL_ERROR_CODE_INVALID_ARGUMENTS,
-    "not_found": tools_pb2.TOOL_ERROR_CODE_NOT_FOUND,
-    "rate_limited": tools_pb2.TOOL_ERROR_CODE_RATE_LIMITED,
-    "timeout": tools_pb2.TOOL_ERROR_CODE_TIMEOUT,
-    "backend_unavailable": tools_pb2.TOOL_ERROR_CODE_BACKEND_UNAVAILABLE,
-    "unauthenticated": tools_pb2.TOOL_ERROR_CODE_UNAUTHENTICATED,
-    "conflict": tools_pb2.TOOL_ERROR_CODE_CONFLICT,
-    "internal": tools_pb2.TOOL_ERROR_CODE_INTERNAL,
-}
-_CODES: tuple[tuple[type[ToolsError], int], ...] = (
-    (InvalidArgumentError, code_pb2.INVALID_ARGUMENT),
-    (UnauthenticatedError, code_pb2.UNAUTHENTICATED),
-    (NotFoundError, code_pb2.NOT_FOUND),
-    (PermissionDeniedError, code_pb2.PERMISSION_DENIED),
-    (RateLimitedError, code_pb2.RESOURCE_EXHAUSTED),
-    (ConflictError, code_pb2.ALREADY_EXISTS),
-    (FailedPreconditionError, code_pb2.FAILED_PRECONDITION),
-    (BackendTimeoutError, code_pb2.DEADLINE_EXCEEDED),
-    (BackendUnavailableError, code_pb2.UNAVAILABLE),
-)
 MAX_CUSTOMER_ID_LENGTH = 128
 # time_remaining() without a client deadline is effectively infinite.
 _NO_DEADLINE_SECONDS = 10**6
-
-
-# Proto enum number = position + 1 in the domain tuples (0 is always *_UNSPECIFIED).
-def _enum_to_domain(value: int, names: tuple[str, ...]) -> str:
-    return names[value - 1] if 1 <= value <= len(names) else ""
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -86,8 +55,8 @@ def ticket_to_proto(ticket: Ticket) -> tools_pb2.Ticket:
         ticket_id=ticket.ticket_id,
         conversation_id=ticket.conversation_id,
         customer_id=ticket.customer_id,
-        priority=f"PRIORITY_{ticket.priority.upper()}",
-        reason_code=f"ESCALATION_REASON_{ticket.reason_code.upper()}",
+        priority=PRIORITY.to_proto(ticket.priority),
+        reason_code=ESCALATION_REASON.to_proto(ticket.reason_code),
         reason=ticket.reason,
         summary=ticket.summary,
         tools_tried=list(ticket.tools_tried),
@@ -95,12 +64,12 @@ def ticket_to_proto(ticket: Ticket) -> tools_pb2.Ticket:
             types_pb2.SourceRef(doc_id=s.doc_id, title=s.title, chunk_id=s.chunk_id, distance=s.distance)
             for s in ticket.sources
         ],
-        status=f"TICKET_STATUS_{ticket.status.upper()}",
+        status=TICKET_STATUS.to_proto(ticket.status),
         assignee=ticket.assignee,
         resolution_note=ticket.resolution_note,
         messages=[
             tools_pb2.TicketMessage(
-                author=f"MESSAGE_AUTHOR_{m.author.upper()}",
+                author=MESSAGE_AUTHOR.to_proto(m.author),
                 text=m.text,
                 create_time=_timestamp(m.create_time),
                 author_name=m.author_name,
@@ -115,44 +84,48 @@ def ticket_to_proto(ticket: Ticket) -> tools_pb2.Ticket:
 
 def tool_error_to_proto(failure: ToolFailure) -> tools_pb2.ToolError:
     return tools_pb2.ToolError(
-        code=_TOOL_ERROR_CODES.get(failure.code, tools_pb2.TOOL_ERROR_CODE_INTERNAL),
+        code=TOOL_ERROR_CODE.to_proto(failure.code, tools_pb2.TOOL_ERROR_CODE_INTERNAL),
         message=failure.message,
         retryable=failure.retryable,
         retry_after_seconds=failure.retry_after_seconds,
     )
 
 
-def _status_for(error: ToolsError) -> status_pb2.Status:
-    code = next((code for kind, code in _CODES if isinstance(error, kind)), code_pb2.INTERNAL)
-    status = status_pb2.Status(code=code, message=error.message)
-    if isinstance(error, InvalidArgumentError):
-        detail = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
-            ]
-        )
-        status.details.add().Pack(detail)
-    elif isinstance(error, RateLimitedError):
-        quota = error_details_pb2.QuotaFailure(
+def _quota_details(error: RateLimitedError) -> list[Message]:
+    details: list[Message] = [
+        error_details_pb2.QuotaFailure(
             violations=[
                 error_details_pb2.QuotaFailure.Violation(subject=error.limit, description=error.message)
             ]
         )
-        status.details.add().Pack(quota)
-        if error.retry_after_seconds > 0:
-            retry = error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds)
-            )
-            status.details.add().Pack(retry)
-    return status
+    ]
+    if error.retry_after_seconds > 0:
+        details.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds))
+        )
+    return details
 
 
-async def _abort(context: grpc.aio.ServicerContext[object, object], error: Exception) -> NoReturn:
-    if isinstance(error, ToolsError):
-        await context.abort_with_status(rpc_status.to_status(_status_for(error)))
-    logger.exception("unexpected error in ToolsService", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-    raise AssertionError("unreachable: abort raises")
+ERROR_GUARD = ErrorGuard(
+    [
+        StatusRule(
+            InvalidArgumentError,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            details=lambda error: [bad_request(error.field, error.message)],
+        ),
+        StatusRule(UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+        StatusRule(NotFoundError, grpc.StatusCode.NOT_FOUND),
+        StatusRule(PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+        StatusRule(RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED, details=_quota_details),
+        StatusRule(ConflictError, grpc.StatusCode.ALREADY_EXISTS),
+        StatusRule(FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+        StatusRule(BackendTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+        StatusRule(BackendUnavailableError, grpc.StatusCode.UNAVAILABLE),
+        StatusRule(ToolsError, grpc.StatusCode.INTERNAL),
+    ],
+    internal_message="internal error",
+    logger=logger,
+)
 
 
 def _deadline(context: grpc.aio.ServicerContext[object, object]) -> float | None:
@@ -178,16 +151,6 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         self._orders = orders
         self._tickets = tickets
 
-    async def _guard(
-        self, context: grpc.aio.ServicerContext[object, object], call: Callable[[], Awaitable[T]]
-    ) -> T:
-        """Runs one RPC body: binds the request id for logging and maps every exception to a status."""
-        request_id_var.set(metadata_value(context, REQUEST_ID_KEY)[:128])
-        try:
-            return await call()
-        except Exception as error:
-            await _abort(context, error)
-
     async def ListTools(  # noqa: N802
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.ListToolsResponse:
@@ -205,9 +168,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     async def ExecuteTool(  # noqa: N802
         self, request: tools_pb2.ExecuteToolRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.ExecuteToolResponse:
-        conversation_id_var.set(request.conversation_id[:128])
-
-        async def run() -> tools_pb2.ExecuteToolResponse:
+        async with ERROR_GUARD(context):
             result = await self._runner.execute(
                 tool_name=request.tool_name,
                 arguments_json=request.arguments_json,
@@ -223,41 +184,33 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 response.error.CopyFrom(tool_error_to_proto(result.error))
             return response
 
-        return await self._guard(context, run)
-
     async def LookupOrderStatus(  # noqa: N802
         self, request: tools_pb2.LookupOrderStatusRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.LookupOrderStatusResponse:
-        conversation_id_var.set(request.conversation_id[:128])
-
-        async def run() -> tools_pb2.LookupOrderStatusResponse:
+        async with ERROR_GUARD(context):
             customer_id = _customer(context)
             self._orders.validate_order_id(request.order_id)
             self._runner.lookup_limit(request.conversation_id, customer_id, request.order_id)
             order = await self._orders.lookup(customer_id, request.order_id, _deadline(context))
             return tools_pb2.LookupOrderStatusResponse(
                 order_id=order.order_id,
-                status=f"ORDER_STATUS_{order.status.upper()}",
+                status=ORDER_STATUS.to_proto(order.status),
                 tracking_number=order.tracking_number or "",
                 carrier=order.carrier or "",
                 eta=order.eta or "",
             )
 
-        return await self._guard(context, run)
-
     async def EscalateToHuman(  # noqa: N802
         self, request: tools_pb2.EscalateToHumanRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.EscalateToHumanResponse:
-        conversation_id_var.set(request.conversation_id[:128])
-
-        async def run() -> tools_pb2.EscalateToHumanResponse:
-            reason_code = _enum_to_domain(request.reason_code, REASON_CODES)
+        async with ERROR_GUARD(context):
+            reason_code = ESCALATION_REASON.from_proto(request.reason_code)
             if not reason_code:
                 raise InvalidArgumentError("reason_code", "reason_code is required.")
             escalation = validate_escalation(
                 conversation_id=request.conversation_id,
                 customer_id=_customer(context),
-                priority=_enum_to_domain(request.priority, PRIORITIES),
+                priority=PRIORITY.from_proto(request.priority),
                 reason_code=reason_code,
                 reason=request.reason,
                 summary=request.summary,
@@ -273,64 +226,52 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 logger.info("ticket %s created (priority %s)", ticket.ticket_id, ticket.priority)
             return tools_pb2.EscalateToHumanResponse(ticket=ticket_to_proto(ticket), created=created)
 
-        return await self._guard(context, run)
-
     async def GetTicket(  # noqa: N802
         self, request: tools_pb2.GetTicketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.GetTicketResponse:
-        async def run() -> tools_pb2.GetTicketResponse:
+        async with ERROR_GUARD(context):
             ticket = await self._tickets.get(_customer(context), request.ticket_id, _deadline(context))
             return tools_pb2.GetTicketResponse(ticket=ticket_to_proto(ticket))
-
-        return await self._guard(context, run)
 
     async def ListTickets(  # noqa: N802
         self, request: tools_pb2.ListTicketsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.ListTicketsResponse:
-        async def run() -> tools_pb2.ListTicketsResponse:
+        async with ERROR_GUARD(context):
             tickets = await self._tickets.list(
                 _customer(context), request.conversation_id, request.open_only, _deadline(context)
             )
             return tools_pb2.ListTicketsResponse(tickets=[ticket_to_proto(t) for t in tickets])
 
-        return await self._guard(context, run)
-
     async def ClaimTicket(  # noqa: N802
         self, request: tools_pb2.ClaimTicketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.ClaimTicketResponse:
-        async def run() -> tools_pb2.ClaimTicketResponse:
+        async with ERROR_GUARD(context):
             ticket = await self._tickets.claim(
                 _customer(context), request.ticket_id, request.assignee, _deadline(context)
             )
             logger.info("ticket %s claimed", ticket.ticket_id)
             return tools_pb2.ClaimTicketResponse(ticket=ticket_to_proto(ticket))
 
-        return await self._guard(context, run)
-
     async def ResolveTicket(  # noqa: N802
         self, request: tools_pb2.ResolveTicketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.ResolveTicketResponse:
-        async def run() -> tools_pb2.ResolveTicketResponse:
+        async with ERROR_GUARD(context):
             ticket = await self._tickets.resolve(
                 _customer(context), request.ticket_id, request.resolution_note, _deadline(context)
             )
             logger.info("ticket %s resolved", ticket.ticket_id)
             return tools_pb2.ResolveTicketResponse(ticket=ticket_to_proto(ticket))
 
-        return await self._guard(context, run)
-
     async def AppendTicketMessage(  # noqa: N802
         self, request: tools_pb2.AppendTicketMessageRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.AppendTicketMessageResponse:
-        async def run() -> tools_pb2.AppendTicketMessageResponse:
+        async with ERROR_GUARD(context):
             ticket = await self._tickets.append(
                 _customer(context),
                 request.ticket_id,
-                _enum_to_domain(request.author, AUTHORS),
+                MESSAGE_AUTHOR.from_proto(request.author),
                 request.author_name,
                 request.text,
                 _deadline(context),
             )
             return tools_pb2.AppendTicketMessageResponse(ticket=ticket_to_proto(ticket))
-
-        return await self._guard(context, run)

@@ -20,14 +20,12 @@ from datetime import UTC, datetime
 import grpc
 
 from service_kit import auth
-from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
+from service_kit.codes import ESCALATION_REASON, PRIORITY, TICKET_STATUS
+from support.v1 import tools_pb2, tools_pb2_grpc
 from tools_service.config import DEFAULT_ADDR
 
 TIMEOUT_SECONDS = 10.0
-
-
-def _short(enum_name: str, prefix: str) -> str:
-    return enum_name.removeprefix(prefix).lower()
+UNSPECIFIED = "unspecified"
 
 
 def _when(stamp: object) -> str:
@@ -36,8 +34,8 @@ def _when(stamp: object) -> str:
 
 
 def _line(ticket: tools_pb2.Ticket) -> str:
-    status = _short(tools_pb2.TicketStatus.Name(ticket.status), "TICKET_STATUS_")
-    priority = _short(types_pb2.Priority.Name(ticket.priority), "PRIORITY_")
+    status = TICKET_STATUS.from_proto(ticket.status, UNSPECIFIED)
+    priority = PRIORITY.from_proto(ticket.priority, UNSPECIFIED)
     assignee = ticket.assignee or "-"
     return (
         f"{ticket.ticket_id:<18} {status:<9} {priority:<7} {assignee:<12} "
@@ -46,11 +44,11 @@ def _line(ticket: tools_pb2.Ticket) -> str:
 
 
 def _details(ticket: tools_pb2.Ticket) -> str:
-    reason_code = _short(types_pb2.EscalationReason.Name(ticket.reason_code), "ESCALATION_REASON_")
+    reason_code = ESCALATION_REASON.from_proto(ticket.reason_code, UNSPECIFIED)
     lines = [
         f"ticket          {ticket.ticket_id}",
-        f"status          {_short(tools_pb2.TicketStatus.Name(ticket.status), 'TICKET_STATUS_')}",
-        f"priority        {_short(types_pb2.Priority.Name(ticket.priority), 'PRIORITY_')}",
+        f"status          {TICKET_STATUS.from_proto(ticket.status, UNSPECIFIED)}",
+        f"priority        {PRIORITY.from_proto(ticket.priority, UNSPECIFIED)}",
         f"conversation    {ticket.conversation_id}",
         f"customer        {ticket.customer_id or '-'}",
         f"reason          {reason_code}: {ticket.reason}",
@@ -136,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     with grpc.insecure_channel(args.addr) as raw_channel:
         # Sends `authorization: Bearer $SERVICE_AUTH_TOKEN` when service authentication is configured.
-        channel = auth.intercept_sync_channel(raw_channel)
+        channel = auth.intercept_sync_channel(raw_channel, auth.AuthConfig.from_env())
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             print(_run(args, stub))

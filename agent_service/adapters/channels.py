@@ -43,10 +43,11 @@ def channel_target(address: str) -> str:
     return address
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
+def open_channel(address: str, auth_config: auth.AuthConfig) -> grpc.aio.Channel:
+    """A channel to another service that carries the trace (when tracing is on) and `auth_config`'s token."""
     return grpc.aio.insecure_channel(
         channel_target(address),
-        interceptors=[*observability.client_interceptors(), *auth.client_interceptors()],
+        interceptors=[*observability.client_interceptors(), *auth.client_interceptors(auth_config)],
         options=[
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.service_config", _SERVICE_CONFIG),

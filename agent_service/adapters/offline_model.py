@@ -1,4 +1,4 @@
-"""The offline engine: a deterministic stand-in for the model behind the same port (DESIGN.md).
+"""The offline engine: a deterministic stand-in for the model behind the same port (docs/architecture.md).
 
 It reads the turn's structured view (`ModelRequest.user_message`, `hits`, `escalation_hint`) and any tool
 results already in `messages`, and decides like a careful, literal-minded assistant:
@@ -20,15 +20,11 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from agent_service import metrics
 from agent_service.domain import KbHit
-from agent_service.model_port import (
-    EscalationHint,
-    ModelEvent,
-    ModelRequest,
-    ModelResult,
-    TextChunk,
-    ToolCallRequest,
-)
+from agent_service.escalation_policy import EscalationDecision
+from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
+from agent_service.texts import DONT_KNOW
 from service_kit import observability
 
 NAME = "offline-engine"
@@ -96,11 +92,6 @@ _STOPWORDS = frozenset(
 )
 MAX_ANSWER_SENTENCES = 2
 MAX_SENTENCE_CHARS = 400
-
-DONT_KNOW = (
-    "I'm an automated assistant, and I couldn't find an answer to that in our help center, so I'd rather not "
-    "guess. If you like, I can pass your question to a member of our support team."
-)
 
 
 def _stem(word: str) -> str:
@@ -204,7 +195,7 @@ def _tool_properties(tools: Sequence[Mapping[str, Any]], name: str) -> set[str] 
 
 
 def escalation_arguments(
-    tools: Sequence[Mapping[str, Any]], hint: EscalationHint, user_message: str
+    tools: Sequence[Mapping[str, Any]], hint: EscalationDecision, user_message: str
 ) -> dict[str, Any]:
     """Arguments for escalate_to_human, restricted to what its schema declares."""
     summary = "Customer message triggered the escalation policy; see the conversation transcript."
@@ -281,7 +272,7 @@ def _ticket_id(result: Mapping[str, Any]) -> str:
     return str(result.get("ticket_id") or "")
 
 
-def _escalation_reply(result: Mapping[str, Any], hint: EscalationHint | None) -> str:
+def _escalation_reply(result: Mapping[str, Any], hint: EscalationDecision | None) -> str:
     ticket_id = _ticket_id(result)
     if isinstance(result.get("error"), Mapping) or not ticket_id:
         return (
@@ -310,7 +301,7 @@ class OfflineModel:
         started = time.perf_counter()
         with observability.genai_span("chat", NAME, provider="offline"):
             result = self.decide(request)
-        observability.record_model_call(NAME, time.perf_counter() - started, outcome="ok")
+        metrics.record_model_call(NAME, time.perf_counter() - started, outcome="ok")
         if result.content:
             yield TextChunk(result.content)
         yield result
@@ -320,7 +311,8 @@ class OfflineModel:
         order_id = find_order_id(request.user_message)
         results = _current_tool_results(request.messages)
         if results:
-            return ModelResult(content=self._reply_from_tools(results, request, order_id), model=NAME)
+            reply = self._reply_from_tools(results, request, order_id)
+            return ModelResult(content=reply, model=NAME) if reply else self._answer_from_kb(request)
         calls: list[ToolCallRequest] = []
         if order_id and LOOKUP_TOOL in available:
             calls.append(ToolCallRequest("offline_lookup_1", LOOKUP_TOOL, json.dumps({"order_id": order_id})))
@@ -330,7 +322,7 @@ class OfflineModel:
             calls.append(ToolCallRequest("offline_escalate_1", ESCALATE_TOOL, json.dumps(arguments)))
         if calls:
             return ModelResult(content="", tool_calls=tuple(calls), model=NAME)
-        return ModelResult(content=self._answer_from_kb(request), model=NAME)
+        return self._answer_from_kb(request)
 
     def _reply_from_tools(
         self, results: list[tuple[str, dict[str, Any]]], request: ModelRequest, order_id: str | None
@@ -341,15 +333,13 @@ class OfflineModel:
                 parts.append(_order_reply(result, order_id))
             elif name == ESCALATE_TOOL:
                 parts.append(_escalation_reply(result, request.escalation_hint))
-        return " ".join(parts) or self._answer_from_kb(request)
+        return " ".join(parts)
 
-    def _answer_from_kb(self, request: ModelRequest) -> str:
-        if not request.hits:
-            return DONT_KNOW
-        chosen = best_sentences(request.user_message, request.hits)
+    def _answer_from_kb(self, request: ModelRequest) -> ModelResult:
+        chosen = best_sentences(request.user_message, request.hits) if request.hits else []
         if not chosen:
-            return DONT_KNOW
+            return ModelResult(content=DONT_KNOW, model=NAME, knew_answer=False)
         cited = sorted({hit_index for hit_index, _ in chosen})
         body = " ".join(sentence if sentence[-1] in ".!?" else sentence + "." for _, sentence in chosen)
         markers = "".join(f"[{index + 1}]" for index in cited)
-        return f"According to our help center: {body} {markers}"
+        return ModelResult(content=f"According to our help center: {body} {markers}", model=NAME)

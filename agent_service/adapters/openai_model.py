@@ -20,6 +20,7 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from agent_service import metrics
 from agent_service.errors import ModelUnavailableError
 from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from service_kit import observability
@@ -113,7 +114,7 @@ class OpenAIModel:
                     observability.set_genai_usage(
                         span, result.prompt_tokens, result.completion_tokens, response_model=result.model
                     )
-                observability.record_model_call(
+                metrics.record_model_call(
                     self._model,
                     time.perf_counter() - started,
                     result.prompt_tokens,
@@ -125,7 +126,7 @@ class OpenAIModel:
                 failure: BaseException = error
             except ValueError as error:  # a body that is not JSON
                 failure = error
-            observability.record_model_call(
+            metrics.record_model_call(
                 self._model,
                 time.perf_counter() - started,
                 outcome="timeout" if isinstance(failure, openai.APITimeoutError) else "error",

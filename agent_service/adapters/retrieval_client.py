@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import grpc
 
 from agent_service.domain import KbHit
+from agent_service.turn_contract import RetrievalResult
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetrievalResult:
-    hits: tuple[KbHit, ...]
-    nothing_relevant: bool
-    # True when the retrieval service could not be asked (the turn proceeds as a knowledge gap).
-    failed: bool = False
 
 
 class RetrievalClient:

@@ -10,92 +10,39 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
 from agent_service.domain import Source
+from agent_service.turn_contract import TicketView, ToolOutcome, ToolsUnavailableError, tool_error_json
+from service_kit.codes import ESCALATION_REASON, PRIORITY, TICKET_STATUS
 from service_kit.metadata import CUSTOMER_ID_KEY
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
 
 logger = logging.getLogger(__name__)
 
 TOOLS_CACHE_SECONDS = 60.0
-PRIORITY_TO_PROTO = {
-    "low": types_pb2.PRIORITY_LOW,
-    "medium": types_pb2.PRIORITY_MEDIUM,
-    "high": types_pb2.PRIORITY_HIGH,
-}
-PRIORITY_FROM_PROTO = {value: key for key, value in PRIORITY_TO_PROTO.items()}
-_TICKET_STATUS = {
-    tools_pb2.TICKET_STATUS_OPEN: "open",
-    tools_pb2.TICKET_STATUS_ASSIGNED: "assigned",
-    tools_pb2.TICKET_STATUS_RESOLVED: "resolved",
-}
-
-
-def reason_to_proto(reason_code: str) -> types_pb2.EscalationReason:
-    try:
-        return cast(
-            types_pb2.EscalationReason,
-            types_pb2.EscalationReason.Value(f"ESCALATION_REASON_{reason_code.upper()}"),
-        )
-    except ValueError:
-        return types_pb2.ESCALATION_REASON_UNSPECIFIED
-
-
-class ToolsUnavailableError(Exception):
-    """The tools service could not be reached or refused the call (details in the message)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-    @property
-    def refused_input(self) -> bool:
-        """The service rejected the request's content (INVALID_ARGUMENT), rather than being unavailable."""
-        return bool(self.code == grpc.StatusCode.INVALID_ARGUMENT)
-
-
-@dataclass(frozen=True)
-class ToolOutcome:
-    content_json: str
-    is_error: bool
-
-
-@dataclass(frozen=True)
-class TicketView:
-    ticket_id: str
-    status: str  # open | assigned | resolved
-    priority: str
-    reason_code: str
-    assignee: str
-    resolution_note: str
-    estimated_wait: str
-    # (author name, text) of the human agent's messages.
-    human_replies: tuple[tuple[str, str], ...]
-    update_time: float
 
 
 def _metadata(customer_id: str) -> tuple[tuple[str, str], ...]:
     return ((CUSTOMER_ID_KEY, customer_id),) if customer_id else ()
 
 
-def error_result(code: str, message: str, retryable: bool) -> str:
-    return json.dumps({"error": {"code": code, "message": message, "retryable": retryable}})
+def _unavailable(error: grpc.aio.AioRpcError) -> ToolsUnavailableError:
+    code = error.code()
+    return ToolsUnavailableError(
+        code.name, error.details() or "", refused_input=code == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def _ticket_view(ticket: tools_pb2.Ticket) -> TicketView:
     return TicketView(
         ticket_id=ticket.ticket_id,
-        status=_TICKET_STATUS.get(ticket.status, "open"),
-        priority=PRIORITY_FROM_PROTO.get(ticket.priority, "medium"),
-        reason_code=types_pb2.EscalationReason.Name(ticket.reason_code)
-        .removeprefix("ESCALATION_REASON_")
-        .lower(),
+        status=TICKET_STATUS.from_proto(ticket.status, "open"),
+        priority=PRIORITY.from_proto(ticket.priority, "medium"),
+        reason_code=ESCALATION_REASON.from_proto(ticket.reason_code, "unspecified"),
         assignee=ticket.assignee,
         resolution_note=ticket.resolution_note,
         estimated_wait=ticket.estimated_wait,
@@ -169,13 +116,13 @@ class ToolsClient:
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                content = error_result("timeout", "The tool did not answer in time.", retryable=True)
+                content = tool_error_json("timeout", "The tool did not answer in time.", retryable=True)
             elif code == grpc.StatusCode.UNAVAILABLE:
-                content = error_result("unavailable", "The tool service is unavailable right now.", True)
+                content = tool_error_json("unavailable", "The tool service is unavailable right now.", True)
             elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                content = error_result("rate_limited", "Too many tool calls; try again later.", True)
+                content = tool_error_json("rate_limited", "Too many tool calls; try again later.", True)
             else:
-                content = error_result("internal", "The tool failed.", retryable=False)
+                content = tool_error_json("internal", "The tool failed.", retryable=False)
             logger.warning("tool call failed", extra={"tool": name, "grpc_code": code.name})
             return ToolOutcome(content, is_error=True)
         content = response.content_json or "{}"
@@ -196,8 +143,8 @@ class ToolsClient:
     ) -> TicketView:
         request = tools_pb2.EscalateToHumanRequest(
             conversation_id=conversation_id,
-            priority=PRIORITY_TO_PROTO.get(priority, types_pb2.PRIORITY_MEDIUM),
-            reason_code=reason_to_proto(reason_code),
+            priority=PRIORITY.to_proto(priority, types_pb2.PRIORITY_MEDIUM),
+            reason_code=ESCALATION_REASON.to_proto(reason_code),
             reason=reason[:500],
             summary=summary[:4000],
             tools_tried=list(dict.fromkeys(tools_tried)),
@@ -217,7 +164,7 @@ class ToolsClient:
                 request, timeout=self._timeout, metadata=_metadata(customer_id)
             )
         except grpc.aio.AioRpcError as error:
-            raise ToolsUnavailableError(error.code(), error.details() or "") from error
+            raise _unavailable(error) from error
         return _ticket_view(response.ticket)
 
     async def list_tickets(self, conversation_id: str, customer_id: str) -> tuple[TicketView, ...]:
@@ -228,7 +175,7 @@ class ToolsClient:
                 metadata=_metadata(customer_id),
             )
         except grpc.aio.AioRpcError as error:
-            raise ToolsUnavailableError(error.code(), error.details() or "") from error
+            raise _unavailable(error) from error
         return tuple(_ticket_view(ticket) for ticket in response.tickets)
 
     async def append_customer_message(self, ticket_id: str, text: str, customer_id: str) -> None:
@@ -241,18 +188,4 @@ class ToolsClient:
                 metadata=_metadata(customer_id),
             )
         except grpc.aio.AioRpcError as error:
-            raise ToolsUnavailableError(error.code(), error.details() or "") from error
-
-
-def parse_ticket_id(content_json: str) -> str:
-    """The ticket id in an escalate_to_human result (`{"ticket_id": ...}` or `{"ticket": {...}}`)."""
-    try:
-        data = json.loads(content_json)
-    except ValueError:
-        return ""
-    if not isinstance(data, Mapping):
-        return ""
-    ticket = data.get("ticket")
-    if isinstance(ticket, Mapping) and ticket.get("ticket_id"):
-        return str(ticket["ticket_id"])
-    return str(data.get("ticket_id") or "")
+            raise _unavailable(error) from error

@@ -129,6 +129,10 @@ class ChromaStore:
         if not ef_name and embeddings is not None and len(embeddings) > 0:
             raise _mismatch(self._name, "no recorded embedding function (a legacy or foreign collection)")
 
+    def close(self) -> None:
+        """Releases the client (an embedded store's files are closed once no other client uses them)."""
+        self._client.close()
+
     # --- reads ---------------------------------------------------------------------------------------
 
     def count(self) -> int:

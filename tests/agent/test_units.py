@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 
 from agent_service.adapters.channels import channel_target
-from agent_service.adapters.offline_model import DONT_KNOW, OfflineModel, best_sentences, find_order_id
+from agent_service.adapters.offline_model import OfflineModel, best_sentences, find_order_id
 from agent_service.adapters.sqlite_store import SqliteConversationStore
 from agent_service.breaker import CircuitBreaker
 from agent_service.config import Config
 from agent_service.domain import KbHit, ToolCallRecord, TurnResult
 from agent_service.errors import DuplicateTurnError
-from agent_service.model_port import EscalationHint, ModelRequest
+from agent_service.escalation_policy import EscalationDecision
+from agent_service.model_port import ModelRequest
 from agent_service.prompts import estimate_tokens, history_messages
+from agent_service.texts import DONT_KNOW
 from service_kit.env import ConfigError
 
 TOOLS = [
@@ -92,7 +94,7 @@ def test_offline_looks_orders_up_then_replies_from_the_result() -> None:
 
 
 def test_offline_escalates_with_schema_arguments_and_quotes_the_ticket() -> None:
-    hint = EscalationHint("negative_sentiment", "high", "anger: 'ridiculous'", "I'm sorry.")
+    hint = EscalationDecision("negative_sentiment", "high", "anger: 'ridiculous'", "I'm sorry.")
     engine = OfflineModel()
     request = ModelRequest(messages=(), tools=TOOLS, user_message="This is ridiculous", escalation_hint=hint)
     [call] = engine.decide(request).tool_calls
@@ -241,6 +243,7 @@ async def test_redis_url_selects_the_redis_store(tmp_path: Path) -> None:
         await sqlite.close()
 
 
+@pytest.mark.slow
 def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
     import os
     import subprocess

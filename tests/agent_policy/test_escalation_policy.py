@@ -17,13 +17,13 @@ from agent_service.escalation_policy import (
     EscalationPolicy,
     PolicyConfigError,
     PolicyRules,
-    load_policy,
 )
+from agent_service.turn_outcome import TurnFacts, TurnOutcome, decide_outcome
 
 
 @functools.cache
 def default_policy() -> EscalationPolicy:
-    return load_policy()
+    return EscalationPolicy(PolicyRules.load())
 
 
 @pytest.fixture
@@ -196,14 +196,9 @@ def test_precedence(policy: EscalationPolicy, message: str, expected_category: s
     assert decision.priority == "high"
 
 
-def test_evaluate_all_lists_every_category_strongest_first(policy: EscalationPolicy) -> None:
-    decisions = policy.evaluate_all("This is ridiculous, I was charged twice, get me a human")
-    assert [d.trigger.split(":")[0] for d in decisions] == [
-        "billing_dispute",
-        "negative_sentiment",
-        "human_request",
-    ]
-    assert decisions[0] == policy.evaluate("This is ridiculous, I was charged twice, get me a human")
+def test_the_strongest_category_wins_when_several_fire(policy: EscalationPolicy) -> None:
+    decision = policy.evaluate("This is ridiculous, I was charged twice, get me a human")
+    assert decision is not None and decision.trigger.startswith("billing_dispute:")
 
 
 def test_negation_is_scoped_to_the_clause(policy: EscalationPolicy) -> None:
@@ -227,7 +222,7 @@ def test_trigger_text_is_redacted_and_bounded(tmp_path: Path) -> None:
             """
         )
     )
-    decision = load_policy(str(rules)).evaluate(
+    decision = EscalationPolicy(PolicyRules.load(str(rules))).evaluate(
         "call me at alice@example.org or +1 415 555 0100 " + "x" * 100
     )
     assert decision is not None
@@ -276,8 +271,11 @@ def test_custom_rules_file(tmp_path: Path) -> None:
     both = policy.evaluate("operator, warranty claim")
     assert both is not None and both.trigger.startswith("warranty:")
     # configured and default outcomes
-    assert policy.no_answer_decision().priority == "medium"
-    assert policy.no_answer_decision().customer_message == "Let me find someone who knows."
+    assert policy.decision_for("low_confidence", "no answer").priority == "medium"
+    assert (
+        policy.decision_for("low_confidence", "no answer").customer_message
+        == "Let me find someone who knows."
+    )
     assert policy.decision_for("loop_limit", "rounds").priority == "medium"
 
 
@@ -322,11 +320,23 @@ def test_packaged_rules_load_and_cover_every_reason_code() -> None:
     assert set(rules.outcomes) == set(REASON_CODES)
 
 
+def _facts(knowledge_gap: bool, used_tools: bool) -> TurnFacts:
+    return TurnFacts(
+        answered=True,
+        model_escalated=False,
+        policy_triggered=False,
+        tools_kept_failing=False,
+        knowledge_gap=knowledge_gap,
+        used_tools=used_tools,
+        reply_empty=False,
+    )
+
+
 def test_no_answer_rule(policy: EscalationPolicy) -> None:
-    assert policy.decide_no_answer(knowledge_gap=True, tools_used=False) is True
-    assert policy.decide_no_answer(knowledge_gap=True, tools_used=True) is False
-    assert policy.decide_no_answer(knowledge_gap=False, tools_used=False) is False
-    decision = policy.no_answer_decision()
+    assert decide_outcome(_facts(knowledge_gap=True, used_tools=False)) is TurnOutcome.DONT_KNOW
+    assert decide_outcome(_facts(knowledge_gap=True, used_tools=True)) is TurnOutcome.ANSWER
+    assert decide_outcome(_facts(knowledge_gap=False, used_tools=False)) is TurnOutcome.ANSWER
+    decision = policy.decision_for("low_confidence", "nothing relevant in the KB and no tool helped")
     assert (decision.reason_code, decision.priority) == ("low_confidence", "low")
     assert "support team" in decision.customer_message
 

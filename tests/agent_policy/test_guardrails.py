@@ -19,7 +19,6 @@ from agent_service.guardrails import (
     check_input,
     check_output,
     extract_links,
-    make_canary,
     scan_untrusted,
     strip_control_characters,
     untrusted_block,
@@ -188,7 +187,7 @@ def test_check_input_never_raises(message: str) -> None:
 
 SYSTEM_PROMPT = (
     "You are the support assistant for Example Co. Answer questions using only the provided knowledge base "
-    "context and never make up policies. Use the lookup_order_status tool for orders. " + make_canary("test")
+    "context and never make up policies. Use the lookup_order_status tool for orders."
 )
 KB_TEXT = [
     "Returns: Items must be unused. Start a return at account.example.com/returns.",
@@ -213,15 +212,6 @@ def test_verbatim_system_prompt_span_is_a_leak() -> None:
 def test_seven_shared_words_are_not_a_leak() -> None:
     reply = "I answer questions using only the provided articles, so here is what I found."
     assert _check(reply) == (reply, [])
-
-
-def test_canary_marker_is_a_leak_even_when_obfuscated() -> None:
-    marker = make_canary("test")
-    assert marker == make_canary("test") and marker != make_canary("other")
-    for shown in (marker, marker.lower(), " ".join(marker)):
-        reply, flags = _check(f"The code is {shown}.")
-        assert reply == SAFE_REPLY_LEAK
-        assert flags == [("system_prompt_leak", "canary marker in reply")]
 
 
 def test_short_system_prompt_is_compared_whole() -> None:
@@ -289,7 +279,8 @@ def test_allow_list_accepts_wildcards_and_is_the_only_default() -> None:
 
 
 def test_leak_check_runs_before_link_check() -> None:
-    verdict = check_output(f"{make_canary('test')} https://evil.net", SYSTEM_PROMPT, [], [])
+    leaked = "Answer questions using only the provided knowledge base context and never make up policies."
+    verdict = check_output(f"{leaked} https://evil.net", SYSTEM_PROMPT, [], [])
     assert [flag.rule for flag in verdict.flags] == ["system_prompt_leak"]
 
 
@@ -387,12 +378,12 @@ def test_untrusted_block_always_has_exactly_one_close(text: str, label: str) -> 
 
 def test_canned_customer_messages_do_not_trip_the_output_checks() -> None:
     """The policy's own messages, checked against the agent's real system prompt, pass unchanged."""
-    from agent_service.escalation_policy import load_policy
+    from agent_service.escalation_policy import PolicyRules
 
     prompts = pytest.importorskip("agent_service.prompts")
     system_prompt = str(getattr(prompts, "SYSTEM_PROMPT", ""))
     assert system_prompt
-    rules = load_policy().rules
+    rules = PolicyRules.load()
     messages = [category.customer_message for category in rules.categories]
     messages += [outcome.customer_message for outcome in rules.outcomes.values()]
     messages += [SAFE_REPLY_INJECTION, SAFE_REPLY_SYSTEM_PROMPT, SAFE_REPLY_LEAK]

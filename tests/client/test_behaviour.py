@@ -24,8 +24,8 @@ from support_agent_client import (
     Unavailable,
 )
 
+from devstack import free_port
 from support.v1 import agent_pb2, agent_pb2_grpc
-from tests.conftest import free_port
 
 OK = "ok"
 HANG = "hang"

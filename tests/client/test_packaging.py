@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.slow
+
 CLIENT_DIR = REPO_ROOT / "clients" / "python"
 PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "-q")
 MYPY = (

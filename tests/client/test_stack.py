@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 from support_agent_client import (
@@ -13,13 +15,15 @@ from support_agent_client import (
     Unauthenticated,
 )
 
-from tests.client.conftest import CUSTOMER, Stack, start_agent
+from devstack.inprocess import InProcessStack
+from service_kit.auth import AuthConfig
+from tests.client.conftest import CUSTOMER, start_agent
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-async def test_chat_with_customer_id_looks_up_the_order(stack: Stack) -> None:
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+async def test_chat_with_customer_id_looks_up_the_order(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         response = await client.chat("conv-order", "Where is my order ORD-12345?")
 
     assert isinstance(response, ChatResponse)
@@ -33,16 +37,16 @@ async def test_chat_with_customer_id_looks_up_the_order(stack: Stack) -> None:
     assert response.state == ConversationState.Value("CONVERSATION_STATE_BOT")
 
 
-async def test_chat_without_customer_id_cannot_see_the_order(stack: Stack) -> None:
-    async with AgentClient(stack.target, timeout=20) as client:
+async def test_chat_without_customer_id_cannot_see_the_order(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, timeout=20) as client:
         response = await client.chat("conv-anon", "Where is my order ORD-12345?")
 
     assert "1Z999AA10123456784" not in response.reply
     assert all("1Z999AA10123456784" not in call.result_json for call in response.tool_calls)
 
 
-async def test_same_turn_id_replays_the_stored_turn(stack: Stack) -> None:
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+async def test_same_turn_id_replays_the_stored_turn(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         first = await client.chat("conv-replay", "Where is my order ORD-67890?", turn_id="t-1")
         again = await client.chat("conv-replay", "Where is my order ORD-67890?", turn_id="t-1")
         conversation = await client.get_conversation("conv-replay")
@@ -53,9 +57,9 @@ async def test_same_turn_id_replays_the_stored_turn(stack: Stack) -> None:
     assert [turn.turn_id for turn in conversation.turns] == ["t-1"]
 
 
-async def test_stream_chat_yields_events_ending_with_final(stack: Stack) -> None:
+async def test_stream_chat_yields_events_ending_with_final(stack: InProcessStack) -> None:
     events: list[StreamChatResponse] = []
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         async for event in client.stream_chat("conv-stream", "How long do refunds take?", turn_id="s-1"):
             events.append(event)
 
@@ -70,8 +74,8 @@ async def test_stream_chat_yields_events_ending_with_final(stack: Stack) -> None
     assert streamed == final.reply
 
 
-async def test_get_conversation_returns_the_turns(stack: Stack) -> None:
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+async def test_get_conversation_returns_the_turns(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         await client.chat("conv-history", "Where is my order ORD-11223?", turn_id="h-1")
         await client.chat("conv-history", "And ORD-33445?", turn_id="h-2")
         conversation = await client.get_conversation("conv-history")
@@ -82,8 +86,8 @@ async def test_get_conversation_returns_the_turns(stack: Stack) -> None:
     assert conversation.state == ConversationState.Value("CONVERSATION_STATE_BOT")
 
 
-async def test_empty_conversation_id_is_an_invalid_request_naming_the_field(stack: Stack) -> None:
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+async def test_empty_conversation_id_is_an_invalid_request_naming_the_field(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         with pytest.raises(InvalidRequest) as caught:
             await client.chat("", "hello")
 
@@ -95,8 +99,8 @@ async def test_empty_conversation_id_is_an_invalid_request_naming_the_field(stac
     assert not error.retryable
 
 
-async def test_stream_chat_maps_errors_too(stack: Stack) -> None:
-    async with AgentClient(stack.target, customer_id=CUSTOMER, timeout=20) as client:
+async def test_stream_chat_maps_errors_too(stack: InProcessStack) -> None:
+    async with AgentClient(stack.agent_addr, customer_id=CUSTOMER, timeout=20) as client:
         with pytest.raises(InvalidRequest) as caught:
             async for _ in client.stream_chat("conv-blank", "   "):
                 pass
@@ -104,11 +108,10 @@ async def test_stream_chat_maps_errors_too(stack: Stack) -> None:
     assert caught.value.fields == ("message",)
 
 
-async def test_auth_token_is_sent_as_bearer(stack: Stack, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_auth_token_is_sent_as_bearer(stack: InProcessStack, tmp_path) -> None:
     token = "client-test-token-0123456789"
-    monkeypatch.setenv("SERVICE_AUTH_TOKEN", token)
-    agent = await start_agent(stack.agent_config, tmp_path / "agent-auth")
-    monkeypatch.delenv("SERVICE_AUTH_TOKEN")
+    config = dataclasses.replace(stack.agent_config, auth=AuthConfig.with_token(token))
+    agent = await start_agent(config, tmp_path / "agent-auth")
     target = f"127.0.0.1:{agent.port}"
     try:
         async with AgentClient(target, customer_id=CUSTOMER, timeout=20) as client:

@@ -4,7 +4,6 @@ HEALTHCHECK command, serves /metrics when its main() sets observability up, and 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,14 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from devstack import REPO_ROOT, SERVICES, ProcessStack, free_port, isolated_environ
 
-# service → (listen variable, gRPC service name)
-SERVICES = {
-    "retrieval": ("RETRIEVAL_ADDR", "support.v1.RetrievalService"),
-    "tools": ("TOOLS_ADDR", "support.v1.ToolsService"),
-    "agent": ("AGENT_ADDR", "support.v1.AgentService"),
-}
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 START_TIMEOUT_SECONDS = 90.0
 
 
@@ -52,40 +47,35 @@ def _healthcheck(port: int, service: str) -> subprocess.CompletedProcess[str]:
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Running]]:
     base = tmp_path_factory.mktemp("entrypoints")
     ports = {name: free_port() for name in SERVICES}
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "CHROMA_", "OTEL_"))
-    }
-    env.update(LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1", REDIS_URL="")
+    stack = ProcessStack(
+        base,
+        environ=isolated_environ(),
+        env={"LOG_LEVEL": "WARNING", "REDIS_URL": ""},
+        addrs={name: f"0.0.0.0:{port}" for name, port in ports.items()},
+        log_dir=base,
+    )
     # What the agent dials (compose and Kubernetes use dns:/// names; loopback here).
-    dial = {"RETRIEVAL_ADDR": f"127.0.0.1:{ports['retrieval']}", "TOOLS_ADDR": f"127.0.0.1:{ports['tools']}"}
+    dial = {SERVICES[name].addr_var: f"127.0.0.1:{ports[name]}" for name in ("retrieval", "tools")}
     running: dict[str, Running] = {}
     try:
-        for name, (variable, _service) in SERVICES.items():
+        for name in SERVICES:
             metrics_port = free_port()
-            service_env = {**env, **(dial if name == "agent" else {})}
-            service_env.update({variable: f"0.0.0.0:{ports[name]}", "DATA_DIR": str(base / name)})
-            service_env["METRICS_PORT"] = str(metrics_port)
-            log = base / f"{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", f"{name}_service"],
-                    cwd=REPO_ROOT,
-                    env=service_env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            service_env = {"DATA_DIR": str(base / name), "METRICS_PORT": str(metrics_port)}
+            if name == "agent":
+                service_env.update(dial)
+            process = stack.launch(name, service_env).process
+            log = stack.log_path(name)
+            assert log is not None
             running[name] = Running(name, process, ports[name], metrics_port, log)
         yield running
     finally:
-        for item in running.values():
-            if item.process.poll() is None:
-                item.process.kill()
-                item.process.wait(timeout=10)
+        for name in running:
+            stack.kill(name)
 
 
 def _wait_healthy(item: Running) -> None:
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    service = SERVICES[item.name][1]
+    service = SERVICES[item.name].grpc_service
     while True:
         if item.process.poll() is not None:
             pytest.fail(f"{item.name} exited with {item.process.returncode}: {item.log.read_text()[-2000:]}")
@@ -101,7 +91,7 @@ def _wait_healthy(item: Running) -> None:
 def test_each_service_becomes_healthy_for_the_image_healthcheck(services: dict[str, Running]) -> None:
     for item in services.values():
         _wait_healthy(item)
-        result = _healthcheck(item.port, SERVICES[item.name][1])
+        result = _healthcheck(item.port, SERVICES[item.name].grpc_service)
         assert result.returncode == 0
         assert "SERVING" in result.stdout
         # The wrong service name is not healthy: the check really asks for the service.
@@ -111,7 +101,7 @@ def test_each_service_becomes_healthy_for_the_image_healthcheck(services: dict[s
 def test_agent_serves_metrics_on_metrics_port(services: dict[str, Running]) -> None:
     agent = services["agent"]
     _wait_healthy(agent)
-    _healthcheck(agent.port, SERVICES["agent"][1])  # one more counted RPC
+    _healthcheck(agent.port, SERVICES["agent"].grpc_service)  # one more counted RPC
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'grpc_service="grpc.health.v1.Health"' in body

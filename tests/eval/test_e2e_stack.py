@@ -1,7 +1,7 @@
 """support-eval against the real services: the tiny suite with a deliberate failure, and the shipped suite.
 
-One private stack (retrieval, tools, agent as subprocesses, fresh DATA_DIR) serves the module; the OpenAI test
-goes through the CLI's own stack launcher, with a scripted OpenAI-compatible endpoint as the model.
+One private stack (retrieval, tools, agent as subprocesses of devstack.ProcessStack, fresh DATA_DIR) serves the
+module; the OpenAI test goes through the CLI's own private stack, with a scripted OpenAI-compatible endpoint as the model.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from devstack import REPO_ROOT, ProcessStack, isolated_environ
 from support_eval import driver, kb, scorer
-from support_eval.stack import EvalStack
 from support_eval.suite import load_suite
-from tests.conftest import REPO_ROOT
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,16 +37,23 @@ TINY = Path(__file__).parent / "suites" / "tiny_real.yaml"
 SHIPPED = REPO_ROOT / "evals" / "sample_kb.yaml"
 
 
+@dataclass(frozen=True)
+class Stack:
+    agent_addr: str
+    retrieval_addr: str
+
+
 @pytest.fixture(scope="module")
-def stack() -> Iterator[EvalStack]:
-    eval_stack = EvalStack()
-    asyncio.run(eval_stack.__aenter__())
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("eval-stack")
+    processes = ProcessStack(workdir / "data", environ=isolated_environ(), log_dir=workdir)
     try:
-        asyncio.run(kb.ingest(eval_stack.retrieval_addr, kb.read_kb(REPO_ROOT / "kb")))
-        asyncio.run(eval_stack.start_agent())
-        yield eval_stack
+        asyncio.run(processes.start_backends())
+        asyncio.run(kb.ingest(processes.addrs["retrieval"], kb.read_kb(REPO_ROOT / "kb")))
+        asyncio.run(processes.start("agent"))
+        yield Stack(processes.addrs["agent"], processes.addrs["retrieval"])
     finally:
-        asyncio.run(eval_stack.stop())
+        processes.stop_all()
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -60,9 +67,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tiny_suite_reports_the_deliberate_failure_with_its_transcript(
-    stack: EvalStack, tmp_path: Path
-) -> None:
+def test_tiny_suite_reports_the_deliberate_failure_with_its_transcript(stack: Stack, tmp_path: Path) -> None:
     out = tmp_path / "tiny.json"
     result = _cli(
         str(TINY), "--target", stack.agent_addr, "--retrieval-addr", stack.retrieval_addr, "--out", str(out)
@@ -97,7 +102,7 @@ def test_tiny_suite_reports_the_deliberate_failure_with_its_transcript(
     assert metrics["error_rate"] == 0.0
 
 
-def test_shipped_suite_meets_its_thresholds(stack: EvalStack) -> None:
+def test_shipped_suite_meets_its_thresholds(stack: Stack) -> None:
     suite = load_suite(SHIPPED)
     assert suite.turn_count >= 40
     records = asyncio.run(driver.run_suite(suite, stack.agent_addr, call_timeout=30))
@@ -149,7 +154,7 @@ def test_openai_compatible_model_passes_through(scripted_openai: str, tmp_path: 
     assert data["metrics"]["tool_arg_accuracy"]["value"] == 1.0
 
 
-def test_prune_removes_documents_outside_the_suite_kb(stack: EvalStack) -> None:
+def test_prune_removes_documents_outside_the_suite_kb(stack: Stack) -> None:
     stray = kb.KbFile(
         "stray/old-article.md", "# Old article\n\nSomething that is no longer in the KB.\n", "markdown"
     )

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack import free_port
 from support_eval import driver, kb
 from support_eval.suite import load_suite
-from tests.conftest import free_port
 from tests.eval.fakes import FakeStack, start_fake_stack
 
 TINY = """\
@@ -126,6 +126,7 @@ def _rewrite(path: Path, old: str, new: str) -> Path:
     return copy
 
 
+@pytest.mark.slow
 async def test_cli_reports_failed_expectation_with_transcript_and_exits_1(
     fake_stack: FakeStack, tiny_suite: Path, tmp_path: Path
 ) -> None:
@@ -178,6 +179,7 @@ async def test_cli_reports_failed_expectation_with_transcript_and_exits_1(
     assert any(line.split()[:1] == ["turn_pass_rate"] and "better" in line for line in stderr.splitlines())
 
 
+@pytest.mark.slow
 async def test_cli_strict_fails_on_any_failed_expectation(fake_stack: FakeStack, tiny_suite: Path) -> None:
     relaxed = _rewrite(tiny_suite, "  turn_pass_rate: 1.0\n", "")
     args = ("--target", fake_stack.addr, "--no-ingest")
@@ -187,6 +189,7 @@ async def test_cli_strict_fails_on_any_failed_expectation(fake_stack: FakeStack,
     assert code == 1
 
 
+@pytest.mark.slow
 async def test_cli_usage_and_connection_errors(tiny_suite: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("priority: high", "priority: urgent"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from support_eval.records import (
     ToolCallRecord,
     TurnRecord,
 )
-from support_eval.suite import Suite, parse_suite
+from support_eval.suite import Expect, Suite, parse_suite
 
 SUITE_DATA = {
     "name": "known outcomes",
@@ -235,6 +236,11 @@ def test_rpc_error_fails_every_expectation_of_its_turn() -> None:
     assert card.value("error_rate") == 1.0
     assert card.value("expectation_pass_rate") == 0.0
     assert card.value("turn_pass_rate") == 0.0
+
+
+def test_every_expectation_field_has_exactly_one_checker() -> None:
+    covered = [name for fields, _ in scorer._CHECKERS for name in fields]
+    assert sorted(covered) == sorted(f.name for f in dataclasses.fields(Expect))
 
 
 def test_tool_args_compare_as_text_and_reject_malformed_json() -> None:

@@ -16,8 +16,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import REGISTRY
 
+from agent_service import metrics as agent_metrics
+from retrieval_service import metrics as retrieval_metrics
 from service_kit import observability
 from service_kit.grpc_server import bind, new_server, set_status
+from service_kit.observability import ObservabilityConfig, tracing
 
 SERVICE = "test.v1.Probe"
 HEALTH = "grpc.health.v1.Health"
@@ -252,8 +255,8 @@ def test_domain_helpers_update_their_series() -> None:
     errors = _sample("support_model_call_seconds_count", {"model": model, "outcome": "timeout"})
     inputs = _sample("support_model_tokens_total", {"model": model, "kind": "input"})
     outputs = _sample("support_model_tokens_total", {"model": model, "kind": "output"})
-    observability.record_model_call(model, 0.42, prompt_tokens=120, completion_tokens=30, outcome="ok")
-    observability.record_model_call(model, 10.0, outcome="timeout")
+    agent_metrics.record_model_call(model, 0.42, prompt_tokens=120, completion_tokens=30, outcome="ok")
+    agent_metrics.record_model_call(model, 10.0, outcome="timeout")
     assert _sample("support_model_call_seconds_count", {"model": model, "outcome": "ok"}) - calls == 1
     assert _sample("support_model_call_seconds_count", {"model": model, "outcome": "timeout"}) - errors == 1
     assert _sample("support_model_tokens_total", {"model": model, "kind": "input"}) - inputs == 120
@@ -261,22 +264,22 @@ def test_domain_helpers_update_their_series() -> None:
 
     tool_ok = _sample("support_tool_calls_total", {"tool": "lookup_order_status", "outcome": "ok"})
     tool_seconds = _sample("support_tool_call_seconds_count", {"tool": "lookup_order_status"})
-    observability.record_tool_call("lookup_order_status", "ok", seconds=0.01)
-    observability.record_tool_call("lookup_order_status", "ok")
+    agent_metrics.record_tool_call("lookup_order_status", "ok", seconds=0.01)
+    agent_metrics.record_tool_call("lookup_order_status", "ok")
     assert (
         _sample("support_tool_calls_total", {"tool": "lookup_order_status", "outcome": "ok"}) - tool_ok == 2
     )
     assert _sample("support_tool_call_seconds_count", {"tool": "lookup_order_status"}) - tool_seconds == 1
 
     escalations = _sample("support_escalations_total", {"reason": "billing_dispute"})
-    observability.record_escalation("billing_dispute")
+    agent_metrics.record_escalation("billing_dispute")
     assert _sample("support_escalations_total", {"reason": "billing_dispute"}) - escalations == 1
 
     distances = _sample("support_retrieval_distance_count")
     near = _sample("support_retrieval_distance_bucket", {"le": "0.3"})
     empty = _sample("support_retrieval_empty_total")
-    observability.observe_retrieval_distances([0.21, 0.55, 0.9])
-    observability.observe_retrieval_distances([])
+    retrieval_metrics.observe_retrieval_distances([0.21, 0.55, 0.9])
+    retrieval_metrics.observe_retrieval_distances([])
     assert _sample("support_retrieval_distance_count") - distances == 3
     assert _sample("support_retrieval_distance_bucket", {"le": "0.3"}) - near == 1
     assert _sample("support_retrieval_empty_total") - empty == 1
@@ -288,7 +291,7 @@ def test_domain_helpers_update_their_series() -> None:
 
 def test_metrics_port_unset_or_zero_means_no_endpoint() -> None:
     for environ in ({}, {"METRICS_PORT": "0"}):
-        obs = observability.setup_observability("test", environ)
+        obs = observability.setup_observability("test", ObservabilityConfig.from_env(environ))
         assert obs.metrics_port is None
         assert not obs.tracing
         obs.shutdown()
@@ -296,7 +299,7 @@ def test_metrics_port_unset_or_zero_means_no_endpoint() -> None:
 
 async def test_metrics_endpoint_serves_the_request_series(running: Running, unused_port: int) -> None:
     obs = observability.setup_observability(
-        "test", {"METRICS_PORT": str(unused_port), "METRICS_ADDR": "127.0.0.1"}
+        "test", ObservabilityConfig.from_env({"METRICS_PORT": str(unused_port), "METRICS_ADDR": "127.0.0.1"})
     )
     try:
         assert obs.metrics_port == unused_port
@@ -462,8 +465,10 @@ async def test_interceptor_overhead_is_far_below_a_tenth_of_a_millisecond() -> N
 
 def test_otlp_endpoint_switches_tracing_on_and_shutdown_off(monkeypatch: pytest.MonkeyPatch) -> None:
     # Keep OpenTelemetry's process-wide provider untouched for the rest of the test session.
-    monkeypatch.setattr(observability._tracing, "global_provider_set", True)
-    obs = observability.setup_observability("svc", {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    monkeypatch.setattr(tracing._tracing, "global_provider_set", True)
+    obs = observability.setup_observability(
+        "svc", ObservabilityConfig.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    )
     try:
         assert obs.tracing
         assert len(observability.server_interceptors()) == 2

@@ -2,11 +2,14 @@
 escalations. Clients retry with the same turn ids / idempotency keys after the restart: no acknowledged turn or
 ticket is lost, nothing is duplicated, and a replay returns what was acknowledged.
 
-The services run as real processes (tests/reliability/procs.py) with the offline engine.
+The services run as real processes (devstack.ProcessStack) with the offline engine. Where the kill lands is
+held by conditions, not timing: it waits for enough acknowledgements, and part of the work is held back until
+after the kill, so the kill always interrupts the clients however slow the machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -18,11 +21,12 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from devstack import AGENT, SAMPLE_KB, ProcessStack, health_status, isolated_environ
 from support.v1 import agent_pb2, agent_pb2_grpc, tools_pb2, tools_pb2_grpc, types_pb2
-from tests.reliability.procs import ProcStack
 
 T = TypeVar("T")
 CUSTOMER = (("x-customer-id", "cust-001"),)
+SERVING, NOT_SERVING = 1, 2
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Turns of a conversation: KB questions, an order lookup, a request for a human at the end.
 SCRIPT = [
@@ -58,18 +62,38 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+# How long the clients may take to get the first acknowledgements before the kill (a loaded machine is slow).
+ACK_WAIT_SECONDS = 120.0
+
+
 @pytest.fixture
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcStack]:
-    stack = ProcStack(
-        tmp_path_factory.mktemp("crash"),
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
+    data_dir = tmp_path_factory.mktemp("crash")
+    stack = ProcessStack(
+        data_dir,
+        environ=isolated_environ(),
         # A crashed holder's conversation lock must expire quickly for the retry to get in (default 120 s).
-        extra_env={"TURN_LEASE_SECONDS": "2", "TOOL_LIMIT_PER_CONVERSATION": "1000"},
+        env={"LOG_LEVEL": "INFO", "TURN_LEASE_SECONDS": "2", "TOOL_LIMIT_PER_CONVERSATION": "1000"},
+        log_dir=data_dir / "logs",
     )
     try:
-        stack.start_all()
+        asyncio.run(stack.start_all(SAMPLE_KB))
         yield stack
     finally:
         stack.stop_all()
+
+
+def wait_agent_health(stack: ProcessStack, wanted: int, within: float = 60.0) -> None:
+    """Waits until the agent's readiness (NOT_SERVING while a required dependency is down) is `wanted`."""
+    deadline = time.monotonic() + within
+    while (status := asyncio.run(health_status(stack.addrs["agent"], AGENT.grpc_service))) != wanted:
+        assert time.monotonic() < deadline, f"agent health {status}, wanted {wanted}"
+        time.sleep(0.1)
+
+
+def restart(stack: ProcessStack, name: str) -> None:
+    """Starts a killed service again on the same address and data, and waits until it is SERVING."""
+    asyncio.run(stack.start(name))
 
 
 def _chat(
@@ -86,15 +110,18 @@ def _chat(
 
 
 @pytest.mark.slow
-def test_agent_kill9_mid_turns_loses_and_duplicates_nothing(stack: ProcStack) -> None:
+def test_agent_kill9_mid_turns_loses_and_duplicates_nothing(stack: ProcessStack) -> None:
     conversations = [f"crash-{index}" for index in range(6)]
     ledger = Ledger()
     killed = threading.Event()
 
     def client(conversation: str) -> None:
-        """Sends the script's turns in order; an unacknowledged turn is simply left for the retry phase."""
+        """Sends the script's turns in order; an unacknowledged turn is simply left for the retry phase.
+        The last turn waits for the kill, so no conversation can be complete before it."""
         for index, message in enumerate(SCRIPT):
             turn_id = f"{conversation}-t{index}"
+            if index == len(SCRIPT) - 1:
+                killed.wait()
             try:
                 reply = _chat(stack.addrs["agent"], conversation, turn_id, message, timeout=5.0)
             except grpc.RpcError:
@@ -107,17 +134,19 @@ def test_agent_kill9_mid_turns_loses_and_duplicates_nothing(stack: ProcStack) ->
     with ThreadPoolExecutor(len(conversations)) as pool:
         futures = [pool.submit(client, conversation) for conversation in conversations]
         # Kill once a few turns are acknowledged, while the others are in flight.
-        deadline = time.monotonic() + 60
-        while len(ledger.acknowledged) < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stack.kill("agent")
-        killed.set()
+        deadline = time.monotonic() + ACK_WAIT_SECONDS
+        try:
+            while len(ledger.acknowledged) < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stack.kill("agent")
+        finally:
+            killed.set()
         for future in futures:
             future.result()
     acknowledged_before = dict(ledger.acknowledged)
     assert 8 <= len(acknowledged_before) < len(conversations) * len(SCRIPT), len(acknowledged_before)
 
-    stack.start("agent")
+    restart(stack, "agent")
     # Every client replays its whole script with the same turn ids (it cannot know which turns landed).
     replayed: dict[tuple[str, str], agent_pb2.ChatResponse] = {}
     for conversation in conversations:
@@ -167,12 +196,18 @@ def _escalate(
 
 
 @pytest.mark.slow
-def test_tools_kill9_mid_escalations_tickets_exactly_once(stack: ProcStack) -> None:
+def test_tools_kill9_mid_escalations_tickets_exactly_once(stack: ProcessStack) -> None:
     keys = [(f"tk-conv-{index}", f"esc-{index}") for index in range(200)]
+    held_back = set(
+        keys[150:]
+    )  # sent only after the kill, so it always lands before every key is acknowledged
     acknowledged: dict[str, str] = {}
     lock = threading.Lock()
+    killed = threading.Event()
 
     def client(conversation: str, key: str) -> None:
+        if (conversation, key) in held_back:
+            killed.wait()
         try:
             reply = _escalate(stack.addrs["tools"], conversation, key)
         except grpc.RpcError:
@@ -182,16 +217,19 @@ def test_tools_kill9_mid_escalations_tickets_exactly_once(stack: ProcStack) -> N
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(client, conversation, key) for conversation, key in keys]
-        deadline = time.monotonic() + 60
-        while len(acknowledged) < 10 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        stack.kill("tools")
+        deadline = time.monotonic() + ACK_WAIT_SECONDS
+        try:
+            while len(acknowledged) < 10 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            stack.kill("tools")
+        finally:
+            killed.set()
         for future in futures:
             future.result()
     before = dict(acknowledged)
     assert 10 <= len(before) < len(keys), len(before)
 
-    stack.start("tools")
+    restart(stack, "tools")
     after: dict[str, tools_pb2.EscalateToHumanResponse] = {}
     for conversation, key in keys:
         after[key] = retry(
@@ -213,15 +251,18 @@ def test_tools_kill9_mid_escalations_tickets_exactly_once(stack: ProcStack) -> N
 
 
 @pytest.mark.slow
-def test_agent_escalation_survives_tools_crash(stack: ProcStack) -> None:
+def test_agent_escalation_survives_tools_crash(stack: ProcessStack) -> None:
     """A turn that escalates while the tools service is down, retried after it is back: one ticket."""
     stack.kill("tools")
+    wait_agent_health(stack, NOT_SERVING)  # the agent has noticed: its channel to tools is down
     first = retry(
         lambda: _chat(stack.addrs["agent"], "crash-esc", "esc-t0", "I want to talk to a human right now!"),
         time.monotonic() + 20,
     )
     assert first.reply.strip()
-    stack.start("tools")
+    restart(stack, "tools")
+    # Not a fixed sleep: the agent's own channel to tools has reconnected (its reconnect back-off is over).
+    wait_agent_health(stack, SERVING)
     second = retry(
         lambda: _chat(stack.addrs["agent"], "crash-esc", "esc-t1", "Please, a human agent."),
         time.monotonic() + 20,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,18 +21,15 @@ import grpc
 import pytest
 from aiohttp import web
 
+from devstack import REPO_ROOT, health_status, isolated_environ
+from devstack.inprocess import InProcessStack, kb_documents
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from support.v1 import agent_pb2, retrieval_pb2, retrieval_pb2_grpc
 from testkit.scripted_openai import Reply, ScriptedOpenAIServer, ToolCallSpec
-from tests.reliability.inproc import (
-    CUSTOMER,
-    KB_DIR,
-    REPO_ROOT,
-    InProcStack,
-    health_status,
-    start_inproc_stack,
-)
 
+pytestmark = pytest.mark.slow
+
+CUSTOMER = (("x-customer-id", "cust-001"),)
 SERVING, NOT_SERVING = 1, 2
 TURN_DEADLINE = 12.0  # what the caller allows a turn under faults; the settings below need far less
 FAST = {
@@ -86,12 +82,7 @@ TOOLS_METHODS += ["ClaimTicket", "ResolveTicket", "AppendTicketMessage"]
 RETRIEVAL_METHODS = ["Search", "IngestDocuments", "DeleteDocuments", "GetStats"]
 
 
-def shipping_docs() -> list[retrieval_pb2.Document]:
-    names = ("shipping-delivery-times.md", "order-tracking.md", "refund-policy.md", "returns.md")
-    return [
-        retrieval_pb2.Document(doc_id=name, content=(KB_DIR / name).read_text(encoding="utf-8"))
-        for name in names
-    ]
+SHIPPING_DOCS = ("shipping-delivery-times.md", "order-tracking.md", "refund-policy.md", "returns.md")
 
 
 @dataclass
@@ -101,7 +92,11 @@ class Outcome:
 
 
 async def turn(
-    stack: InProcStack, conversation: str, message: str, stream: bool = False, deadline: float = TURN_DEADLINE
+    stack: InProcessStack,
+    conversation: str,
+    message: str,
+    stream: bool = False,
+    deadline: float = TURN_DEADLINE,
 ) -> Outcome:
     """One turn; fails the test on any RPC error or a missed deadline; the reply must answer or escalate."""
     stub = stack.agent_stub()
@@ -128,22 +123,22 @@ async def turn(
     return Outcome(reply, seconds)
 
 
-StartStack = Callable[..., Awaitable[InProcStack]]
+StartStack = Callable[..., Awaitable[InProcessStack]]
 
 
 @pytest.fixture
 async def start_stack(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIterator[StartStack]:
-    stacks: list[InProcStack] = []
+    stacks: list[InProcessStack] = []
 
-    async def start(**kwargs: Any) -> InProcStack:
+    async def start(**kwargs: Any) -> InProcessStack:
         overrides = {**FAST, **kwargs.pop("agent_overrides", {})}
-        stack = await start_inproc_stack(
+        stack = await InProcessStack(
             tmp_path / f"stack{len(stacks)}",
             embedding,
-            documents=kwargs.pop("documents", shipping_docs()),
+            documents=kwargs.pop("documents", kb_documents(SHIPPING_DOCS)),
             agent_overrides=overrides,
             **kwargs,
-        )
+        ).start()
         stacks.append(stack)
         return stack
 
@@ -152,7 +147,7 @@ async def start_stack(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIterat
         await stack.stop()
 
 
-async def _agent_health(stack: InProcStack) -> int:
+async def _agent_health(stack: InProcessStack) -> int:
     return await health_status(stack.agent_addr, "support.v1.AgentService")
 
 
@@ -219,7 +214,7 @@ async def test_retrieval_hung(start_stack: StartStack) -> None:
         await hung.stop()
 
 
-def _destroy_store(stack: InProcStack) -> None:
+def _destroy_store(stack: InProcessStack) -> None:
     """Overwrites every file of the retrieval service's Chroma store with garbage (it keeps running)."""
     root = stack.agent_config.data_dir.parent / "retrieval"
     files = [path for path in root.rglob("*") if path.is_file()]
@@ -342,9 +337,7 @@ def test_unreadable_store_at_startup_fails_fast(tmp_path: Path) -> None:
     store = tmp_path / "chroma"
     store.mkdir()
     (store / "chroma.sqlite3").write_bytes(b"\x00garbage" * 100)
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("CHROMA_", "SERVICE_AUTH_"))
-    }
+    env = isolated_environ()
     env.update(RETRIEVAL_ADDR="127.0.0.1:0", DATA_DIR=str(tmp_path), LOG_LEVEL="WARNING")
     started = time.monotonic()
     result = subprocess.run(

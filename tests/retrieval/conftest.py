@@ -1,4 +1,5 @@
-"""Fixtures for retrieval_service tests: one embedding model per session, real servers on port 0."""
+"""Fixtures for retrieval_service tests: real servers on port 0 (the session's embedding model comes from
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,6 @@ from tests.retrieval.helpers import retrieval_stub
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KB_DIR = REPO_ROOT / "kb"
-
-
-@pytest.fixture(scope="session")
-def embedding() -> MiniLMEmbedding:
-    return MiniLMEmbedding.shared()
 
 
 @pytest.fixture(scope="session")

@@ -123,6 +123,7 @@ async def test_own_collection_reopens_cleanly(tmp_path: Path, embedding: MiniLME
     assert [hit.doc_id for hit in result.hits] == ["a.md"]
 
 
+@pytest.mark.slow  # starts a retrieval_service process (seconds of imports and model loading)
 def test_service_process_exits_with_the_fix_on_a_foreign_collection(tmp_path: Path) -> None:
     _foreign_collection(
         tmp_path, "support_kb", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}

@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 import pytest
 
+from devstack import free_port
 from retrieval_service.ingest_cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, main
 from retrieval_service.server import StartedServer
 from support.v1 import retrieval_pb2
-from tests.conftest import free_port
 from tests.retrieval.conftest import KB_DIR
 from tests.retrieval.helpers import retrieval_stub
 

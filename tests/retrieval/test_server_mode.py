@@ -18,10 +18,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import free_port
 from support.v1 import retrieval_pb2
-from tests.conftest import free_port
 from tests.retrieval.conftest import KB_DIR, ServerFactory
 from tests.retrieval.helpers import kb_documents, retrieval_stub
+
+pytestmark = pytest.mark.slow
 
 START_TIMEOUT_SECONDS = 60.0
 

@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,16 @@ import redis
 
 from agent_service.adapters.redis_store import RedisConversationStore
 from agent_service.adapters.sqlite_store import SqliteConversationStore
-from agent_service.config import Config as AgentConfig
 from agent_service.conversation_store import ConversationStore
 from agent_service.server import StartedServer as AgentStarted
 from agent_service.server import start_server as start_agent_server
+from devstack import free_port
+from devstack.inprocess import agent_config, kb_documents, loopback, retrieval_config, tools_config
+from devstack.inprocess import ingest as ingest_documents
 from retrieval_service.adapters.embedding import MiniLMEmbedding
-from retrieval_service.config import Config as RetrievalConfig
 from retrieval_service.server import StartedServer as RetrievalStarted
 from retrieval_service.server import start_server as start_retrieval_server
-from support.v1 import agent_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
-from tests.conftest import REPO_ROOT, free_port
-from tools_service.config import Config as ToolsConfig
+from support.v1 import agent_pb2_grpc
 from tools_service.server import StartedServer as ToolsStarted
 from tools_service.server import start_server as start_tools_server
 
@@ -170,18 +169,6 @@ def chroma_port(tmp_path: Path) -> Iterator[int]:
 # --- in-process services ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def embedding() -> MiniLMEmbedding:
-    return MiniLMEmbedding.shared()
-
-
-def kb_documents(names: Sequence[str] = KB_DOCS) -> list[retrieval_pb2.Document]:
-    return [
-        retrieval_pb2.Document(doc_id=name, content=(REPO_ROOT / "kb" / name).read_text(encoding="utf-8"))
-        for name in names
-    ]
-
-
 StartRetrieval = Callable[..., Awaitable[RetrievalStarted]]
 
 
@@ -192,18 +179,11 @@ async def start_retrieval(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIt
     running: list[RetrievalStarted] = []
 
     async def start(name: str, *, ingest: bool = True, **overrides: Any) -> RetrievalStarted:
-        config = dataclasses.replace(
-            RetrievalConfig(addr="127.0.0.1:0", data_dir=tmp_path / name), **overrides
-        )
+        config = retrieval_config(tmp_path / name, **overrides)
         started = await start_retrieval_server(config, embedding=embedding)
         running.append(started)
-        if not ingest:
-            return started
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{started.port}") as channel:
-            stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
-            await stub.IngestDocuments(
-                retrieval_pb2.IngestDocumentsRequest(documents=kb_documents()), timeout=120
-            )
+        if ingest:
+            await ingest_documents(loopback(started.port), kb_documents(KB_DOCS))
         return started
 
     yield start
@@ -213,7 +193,7 @@ async def start_retrieval(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIt
 
 @pytest.fixture
 async def tools(tmp_path: Path) -> AsyncIterator[ToolsStarted]:
-    started = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"))
+    started = await start_tools_server(tools_config(tmp_path / "tools"))
     yield started
     await started.stop(None)
 
@@ -235,17 +215,9 @@ async def start_agent(tmp_path: Path, tools: ToolsStarted) -> AsyncIterator[Star
     running: list[tuple[AgentStarted, grpc.aio.Channel]] = []
 
     async def start(name: str, *, retrieval_addr: str, **overrides: Any) -> Replica:
-        config = AgentConfig(
-            addr="127.0.0.1:0",
-            retrieval_addr=retrieval_addr,
-            tools_addr=f"127.0.0.1:{tools.port}",
-            # Each replica has its own data dir: with Redis, nothing on disk is shared.
-            data_dir=tmp_path / name,
-            model_max_retries=0,
-            model_retry_backoff_seconds=0.01,
-            model_timeout_seconds=5.0,
-        )
-        started = await start_agent_server(dataclasses.replace(config, **overrides))
+        # Each replica has its own data dir: with Redis, nothing on disk is shared.
+        dials = {"retrieval_addr": retrieval_addr, "tools_addr": loopback(tools.port)}
+        started = await start_agent_server(agent_config(tmp_path / name, **{**dials, **overrides}))
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
         running.append((started, channel))
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]

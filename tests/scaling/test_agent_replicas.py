@@ -18,6 +18,8 @@ from support.v1 import agent_pb2
 from testkit.scripted_openai import Reply, ScriptedOpenAIServer, last_user_message
 from tests.scaling.conftest import CUSTOMER, Replica, StartAgent, StartRetrieval
 
+pytestmark = pytest.mark.slow
+
 
 class GatedModel:
     """Answers every request by echoing it; a message containing HOLD waits until `release` is set."""

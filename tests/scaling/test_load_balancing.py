@@ -21,13 +21,15 @@ import pytest
 
 from agent_service.adapters import channels
 from agent_service.adapters.channels import channel_target
+from devstack import free_port
+from devstack.inprocess import tools_config
 from retrieval_service.server import StartedServer as RetrievalStarted
 from support.v1 import agent_pb2
-from tests.conftest import free_port
 from tests.scaling.conftest import CUSTOMER, Replica, StartAgent, StartRetrieval
-from tools_service.config import Config as ToolsConfig
 from tools_service.server import StartedServer as ToolsStarted
 from tools_service.server import start_server as start_tools_server
+
+pytestmark = pytest.mark.slow
 
 QUESTIONS = (
     "How long does a refund take to reach my card?",
@@ -206,7 +208,7 @@ async def test_the_tools_target_balances_too(
     """TOOLS_ADDR takes the same lists: a second tools replica (its own demo stores), one address with nothing
     listening, and a replica stopped mid-run; every order lookup still reaches a tools server."""
     retrieval = await start_retrieval("retrieval")
-    other = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools-2"))
+    other = await start_tools_server(tools_config(tmp_path / "tools-2"))
     try:
         addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{tools.port}", f"127.0.0.1:{other.port}"]
         agent = await start_agent(

@@ -13,16 +13,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devstack import SAMPLE_KB, ProcessStack, isolated_environ
+from devstack.inprocess import InProcessStack
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from service_kit import auth
 from service_kit.env import ConfigError
 from support.v1 import agent_pb2, agent_pb2_grpc, tools_pb2, tools_pb2_grpc
-from tests.reliability.inproc import CUSTOMER, InProcStack, start_inproc_stack
-from tests.reliability.procs import ProcStack
 from tools_service.config import Config as ToolsConfig
 from tools_service.server import StartedServer as ToolsStarted
 from tools_service.server import start_server as start_tools_server
 
+CUSTOMER = (("x-customer-id", "cust-001"),)
 TOKEN = "s3cret-token-0123456789abcdef"
 OLD_TOKEN = "old-token-abcdefghijklmnopqrstu"
 WRONG = "wrong-token-0123456789abcdefgh"
@@ -32,12 +33,14 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def tools_config(tmp_path: Path, **environ: str) -> ToolsConfig:
+    """The way a deployment turns it on: environment variables, read once by the service's Config.from_env."""
+    return ToolsConfig.from_env({"TOOLS_ADDR": "127.0.0.1:0", "DATA_DIR": str(tmp_path / "tools"), **environ})
+
+
 @pytest.fixture
-async def tools_with_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ToolsStarted]:
-    # The way a deployment turns it on: environment variables read once when the server is built.
-    monkeypatch.setenv("SERVICE_AUTH_TOKENS", f"{TOKEN},{OLD_TOKEN}")
-    started = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"))
-    monkeypatch.delenv("SERVICE_AUTH_TOKENS")
+async def tools_with_auth(tmp_path: Path) -> AsyncIterator[ToolsStarted]:
+    started = await start_tools_server(tools_config(tmp_path, SERVICE_AUTH_TOKENS=f"{TOKEN},{OLD_TOKEN}"))
     yield started
     await started.stop(None)
 
@@ -127,10 +130,10 @@ async def test_health_open_to_probes_reflection_needs_token(tools_with_auth: Too
         assert "support.v1.ToolsService" in names
 
 
-async def test_reflection_can_be_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SERVICE_AUTH_TOKEN", TOKEN)
-    monkeypatch.setenv("SERVICE_AUTH_ALLOW_REFLECTION", "true")
-    started = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"))
+async def test_reflection_can_be_opened(tmp_path: Path) -> None:
+    started = await start_tools_server(
+        tools_config(tmp_path, SERVICE_AUTH_TOKEN=TOKEN, SERVICE_AUTH_ALLOW_REFLECTION="true")
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{started.port}") as channel:
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -155,10 +158,8 @@ async def test_tokens_never_logged(tools_with_auth: ToolsStarted, caplog: pytest
     assert TOKEN not in repr(auth.AuthConfig.with_token(TOKEN))
 
 
-async def test_auth_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SERVICE_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("SERVICE_AUTH_TOKENS", raising=False)
-    started = await start_tools_server(ToolsConfig(addr="127.0.0.1:0", data_dir=tmp_path / "tools"))
+async def test_auth_off_by_default(tmp_path: Path) -> None:
+    started = await start_tools_server(tools_config(tmp_path))
     try:
         assert await _list_tools(started.port, ()) == grpc.StatusCode.OK
     finally:
@@ -204,16 +205,16 @@ async def test_client_interceptors_and_sync_channel(tools_with_auth: ToolsStarte
 
 
 @pytest.fixture
-async def stack_with_auth(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, embedding: MiniLMEmbedding
-) -> AsyncIterator[InProcStack]:
-    monkeypatch.setenv("SERVICE_AUTH_TOKEN", TOKEN)
-    stack = await start_inproc_stack(tmp_path, embedding, documents=[])
-    yield stack
-    await stack.stop()
+async def stack_with_auth(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIterator[InProcessStack]:
+    with_token = {"auth": auth.AuthConfig.from_env({"SERVICE_AUTH_TOKEN": TOKEN})}
+    stack = InProcessStack(
+        tmp_path, embedding, documents=[], agent_overrides=with_token, tools_overrides=with_token
+    )
+    async with stack:
+        yield stack
 
 
-async def test_agent_requires_token(stack_with_auth: InProcStack) -> None:
+async def test_agent_requires_token(stack_with_auth: InProcessStack) -> None:
     stub = stack_with_auth.agent_stub()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(
@@ -222,7 +223,7 @@ async def test_agent_requires_token(stack_with_auth: InProcStack) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_agent_forwards_its_token_to_tools(stack_with_auth: InProcStack) -> None:
+async def test_agent_forwards_its_token_to_tools(stack_with_auth: InProcessStack) -> None:
     """With auth on everywhere, the agent's own calls to tools must authenticate: the order lookup succeeds."""
     stub = stack_with_auth.agent_stub()
     reply = await stub.Chat(
@@ -239,9 +240,14 @@ async def test_agent_forwards_its_token_to_tools(stack_with_auth: InProcStack) -
 def test_processes_configured_from_the_environment(tmp_path: Path) -> None:
     """The three services as processes with SERVICE_AUTH_TOKEN set: start-up health checks and the KB ingest
     (with the token) work, strangers are refused on every port, the agent answers a caller with the token."""
-    stack = ProcStack(tmp_path / "stack", extra_env={"SERVICE_AUTH_TOKEN": TOKEN})
+    stack = ProcessStack(
+        tmp_path / "stack",
+        environ=isolated_environ(),
+        env={"LOG_LEVEL": "INFO", "SERVICE_AUTH_TOKEN": TOKEN},
+        log_dir=tmp_path / "logs",
+    )
     try:
-        stack.start_all()  # waits on health (exempt) and ingests with the token
+        asyncio.run(stack.start_all(SAMPLE_KB))  # waits on health (exempt) and ingests with the token
         for name, service in (
             ("agent", "support.v1.AgentService"),
             ("tools", "support.v1.ToolsService"),

@@ -20,14 +20,18 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from devstack.inprocess import InProcessStack, kb_documents
+from devstack.loop_thread import LoopThread
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from support.v1 import agent_pb2, retrieval_pb2, tools_pb2
 from testkit.scripted_openai import Reply, ScriptedOpenAIServer, ToolCallSpec, last_user_message
-from tests.reliability.inproc import InProcStack, LoopThread, kb_documents, start_inproc_stack, sync_health
 from tests.security.fuzzing import hostile_text, message_strategy
+
+pytestmark = pytest.mark.slow
 
 ALLOWED = frozenset(
     {
@@ -212,6 +216,19 @@ def fuzz_settings(examples: int) -> settings:
     )
 
 
+def sync_health(addr: str, service: str = "") -> int:
+    """Blocking health check from the test thread (the servers live on the loop thread); SERVING is 1, -1 when
+    the check fails."""
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+        except grpc.RpcError:
+            return -1
+        return int(reply.status)
+
+
 def assert_serving(addr: str, service: str) -> None:
     assert sync_health(addr, "") == 1
     assert sync_health(addr, service) == 1
@@ -263,11 +280,11 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture(scope="module")
 def stack(
     loop_thread: LoopThread, tmp_path_factory: pytest.TempPathFactory, embedding: MiniLMEmbedding
-) -> Iterator[InProcStack]:
+) -> Iterator[InProcessStack]:
     model = ScriptedOpenAIServer(chaos_model)
     base_url = loop_thread.run(model.start())
     stack = loop_thread.run(
-        start_inproc_stack(
+        InProcessStack(
             tmp_path_factory.mktemp("fuzz"),
             embedding,
             model_base_url=base_url,
@@ -279,7 +296,7 @@ def stack(
                 "limit_identical_calls": 10**6,
             },
             agent_overrides={"model_timeout_seconds": 5.0, "breaker_cooldown_seconds": 0.5},
-        )
+        ).start()
     )
     yield stack
     loop_thread.run(stack.stop())
@@ -287,7 +304,7 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def channels(stack: InProcStack) -> Iterator[dict[str, grpc.Channel]]:
+def channels(stack: InProcessStack) -> Iterator[dict[str, grpc.Channel]]:
     opened = {
         "tools": grpc.insecure_channel(stack.tools_addr),
         "retrieval": grpc.insecure_channel(stack.retrieval_addr),
@@ -318,7 +335,7 @@ def _fuzz(
 TOOLS_MIN, RETRIEVAL_MIN, AGENT_MIN = 6000, 2500, 1500
 
 
-def test_fuzz_tools_service(stack: InProcStack, channels: dict[str, grpc.Channel]) -> None:
+def test_fuzz_tools_service(stack: InProcessStack, channels: dict[str, grpc.Channel]) -> None:
     tally = TALLIES["tools"]
     _fuzz(channels["tools"], TOOLS_RPCS, 800, tally, 14, hostile_text(max_huge=200_000))
     print(f"\ntools_service fuzz: {tally.total} requests\n{tally.table()}")
@@ -328,7 +345,7 @@ def test_fuzz_tools_service(stack: InProcStack, channels: dict[str, grpc.Channel
     assert_serving(stack.tools_addr, "support.v1.ToolsService")
 
 
-def test_fuzz_retrieval_service(stack: InProcStack, channels: dict[str, grpc.Channel]) -> None:
+def test_fuzz_retrieval_service(stack: InProcessStack, channels: dict[str, grpc.Channel]) -> None:
     tally = TALLIES["retrieval"]
     # Huge documents are capped lower here: every accepted character is embedded.
     _fuzz(channels["retrieval"], RETRIEVAL_RPCS, 500, tally, 10, hostile_text(max_huge=20_000))
@@ -339,7 +356,7 @@ def test_fuzz_retrieval_service(stack: InProcStack, channels: dict[str, grpc.Cha
     assert_serving(stack.retrieval_addr, "support.v1.RetrievalService")
 
 
-def test_fuzz_agent_service(stack: InProcStack, channels: dict[str, grpc.Channel]) -> None:
+def test_fuzz_agent_service(stack: InProcessStack, channels: dict[str, grpc.Channel]) -> None:
     tally = TALLIES["agent"]
     _fuzz(channels["agent"], AGENT_RPCS, 450, tally, 8, hostile_text(max_huge=20_000))
     print(f"\nagent_service fuzz: {tally.total} requests\n{tally.table()}")
@@ -377,7 +394,7 @@ OVERSIZED_CASES: list[tuple[str, Rpc, Callable[[str], Message]]] = [
     ("target", "rpc", "build"), OVERSIZED_CASES, ids=[f"{c[1].method}" for c in OVERSIZED_CASES]
 )
 def test_oversized_request_is_resource_exhausted(
-    stack: InProcStack,
+    stack: InProcessStack,
     channels: dict[str, grpc.Channel],
     target: str,
     rpc: Rpc,
@@ -406,7 +423,7 @@ def test_oversized_request_is_resource_exhausted(
 
 
 def test_unparseable_request_bytes_do_not_crash(
-    stack: InProcStack, channels: dict[str, grpc.Channel]
+    stack: InProcessStack, channels: dict[str, grpc.Channel]
 ) -> None:
     """Bytes that are not a valid protobuf (gRPC answers INTERNAL for those itself) leave the services SERVING."""
     for target, rpc in (("tools", TOOLS_RPCS[1]), ("retrieval", RETRIEVAL_RPCS[0]), ("agent", AGENT_RPCS[0])):
@@ -422,7 +439,7 @@ def test_unparseable_request_bytes_do_not_crash(
 # Found by this fuzzer (INTERNAL before retrieval_service rejected these keys); kept as a regression test.
 @pytest.mark.parametrize("key", ["", "$where", "#meta", "chroma:document"])
 def test_ingest_rejects_metadata_keys_chroma_refuses(
-    stack: InProcStack, channels: dict[str, grpc.Channel], key: str
+    stack: InProcessStack, channels: dict[str, grpc.Channel], key: str
 ) -> None:
     ingest = channels["retrieval"].unary_unary(
         "/support.v1.RetrievalService/IngestDocuments",

@@ -5,6 +5,7 @@ them into tool arguments, escalation reasons and replies, and a model outage tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -14,11 +15,11 @@ from typing import Any
 import grpc
 import pytest
 
+from devstack import SAMPLE_KB, ProcessStack, isolated_environ
+from devstack.loop_thread import LoopThread
 from service_kit.jsonlog import JsonFormatter
 from support.v1 import agent_pb2, agent_pb2_grpc, tools_pb2, tools_pb2_grpc
 from testkit.scripted_openai import Reply, ScriptedOpenAIServer, ToolCallSpec, last_user_message
-from tests.reliability.inproc import LoopThread
-from tests.reliability.procs import ProcStack
 from tests.security.pii import Finding, luhn_valid, scan_files, scan_log_text
 
 EMAIL = "jane.doe+orders@example.com"
@@ -92,21 +93,25 @@ CONVERSATIONS = [
 
 
 @pytest.fixture(scope="module")
-def pii_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcStack]:
+def pii_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
     loop = LoopThread()
     model = ScriptedOpenAIServer(_pii_model)
     base_url = loop.run(model.start())
-    stack = ProcStack(
-        tmp_path_factory.mktemp("pii-stack"),
-        extra_env={
+    data_dir = tmp_path_factory.mktemp("pii-stack")
+    stack = ProcessStack(
+        data_dir,
+        environ=isolated_environ(),
+        env={
+            "LOG_LEVEL": "INFO",
             "OPENAI_BASE_URL": base_url,
             "OPENAI_API_KEY": "test-key",
             "MODEL_MAX_RETRIES": "0",
             "MODEL_BREAKER_FAILURES": "1",
         },
+        log_dir=data_dir / "logs",
     )
     try:
-        stack.start_all()
+        asyncio.run(stack.start_all(SAMPLE_KB))
         yield stack
     finally:
         stack.stop_all()
@@ -115,7 +120,7 @@ def pii_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcStack]:
 
 
 @pytest.mark.slow
-def test_stack_logs_hold_no_pii(pii_stack: ProcStack) -> None:
+def test_stack_logs_hold_no_pii(pii_stack: ProcessStack) -> None:
     metadata = (("x-customer-id", "cust-001"),)
     with grpc.insecure_channel(pii_stack.addrs["agent"]) as channel:
         agent = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]

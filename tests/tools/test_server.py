@@ -73,6 +73,7 @@ def test_bad_config_fails_fast(environ):
         Config.from_env(environ)
 
 
+@pytest.mark.slow
 def test_process_serves_and_stops_cleanly_on_sigterm(tmp_path, unused_port):
     addr = f"127.0.0.1:{unused_port}"
     env = {**os.environ, "TOOLS_ADDR": addr, "DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}

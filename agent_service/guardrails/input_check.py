@@ -1,0 +1,98 @@
+"""Screening what comes in: the customer's message (`check_input`) and untrusted data (`scan_untrusted`)."""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Final
+
+from agent_service.domain import Flag
+from agent_service.guardrails.encoded import encoded_hits
+from agent_service.guardrails.normalise import (
+    despace,
+    fold,
+    is_invisible,
+    strip_control_characters,
+    strong_normalise,
+    unleet,
+)
+from agent_service.guardrails.patterns import injection_hits, squash_hits
+from agent_service.texts import SAFE_REPLY_INJECTION, SAFE_REPLY_OVERSIZE, SAFE_REPLY_SYSTEM_PROMPT
+
+DEFAULT_MAX_INPUT_CHARS: Final[int] = 4000
+
+
+@dataclass(frozen=True)
+class InputVerdict:
+    blocked: bool  # True -> do not call the model with this message
+    flags: tuple[Flag, ...]
+    safe_reply: str  # what to tell the customer when blocked ("" if not blocked)
+
+
+def check_input(message: str, max_chars: int = DEFAULT_MAX_INPUT_CHARS) -> InputVerdict:
+    """Screens a customer message before the model sees it. Blocked -> answer with ``safe_reply`` instead.
+
+    Blocks: oversize input, instruction overrides (one strong signal or two different weak ones), requests
+    for the system prompt, role play as the system / forged role markers, and encoded payloads that decode
+    to any of those. Only flags: a single weak injection signal, invisible/control characters.
+    """
+    if len(message) > max_chars:
+        flag = Flag("input", "oversize_input", f"{len(message)} characters, limit {max_chars}")
+        return InputVerdict(True, (flag,), SAFE_REPLY_OVERSIZE.format(max_chars=max_chars))
+
+    flags: list[Flag] = []
+    invisible = sum(1 for char in message if is_invisible(char))
+    if invisible:
+        flags.append(Flag("input", "control_characters", f"{invisible} invisible or control characters"))
+
+    normalised = strip_control_characters(unicodedata.normalize("NFKC", message))
+    folded = fold(message)
+    variants = (folded, despace(folded), unleet(folded))
+    strong: list[str] = ["spelled_out"] if squash_hits(folded) else []
+    weak: set[str] = set()
+    prompt_request = role_play = False
+    for variant in dict.fromkeys(variants):
+        v_strong, v_weak, v_prompt, v_role = injection_hits(variant)
+        strong.extend(name for name in v_strong if name not in strong)
+        weak.update(v_weak)
+        prompt_request = prompt_request or v_prompt
+        role_play = role_play or v_role
+
+    blocked_reply = ""
+    if strong or len(weak) >= 2:
+        kinds = strong + sorted(weak)
+        flags.append(Flag("input", "prompt_injection", "signals: " + ", ".join(kinds)))
+        blocked_reply = SAFE_REPLY_INJECTION
+    elif weak:
+        flags.append(Flag("input", "prompt_injection", f"weak signal, not blocked: {next(iter(weak))}"))
+    if role_play:
+        flags.append(Flag("input", "role_play_system", "role play as the system or a forged role marker"))
+        blocked_reply = blocked_reply or SAFE_REPLY_INJECTION
+    if prompt_request:
+        flags.append(Flag("input", "system_prompt_request", "asks for the system prompt or instructions"))
+        blocked_reply = blocked_reply or SAFE_REPLY_SYSTEM_PROMPT
+    encoded = encoded_hits(normalised, message, folded)
+    if encoded:
+        flags.append(Flag("input", "encoded_payload", "decodes to an instruction: " + ", ".join(encoded)))
+        blocked_reply = blocked_reply or SAFE_REPLY_INJECTION
+    return InputVerdict(bool(blocked_reply), tuple(flags), blocked_reply)
+
+
+@functools.lru_cache(maxsize=4096)
+def scan_untrusted(label: str, text: str) -> tuple[Flag, ...]:
+    """Flags instruction-like text inside a KB chunk or tool result. The turn quarantines flagged data: a
+    flagged chunk never reaches the model, a flagged tool result is replaced by an error result.
+
+    Cached: the same KB chunks come back turn after turn."""
+    folded = fold(text)
+    strong, weak, prompt_request, role_play = injection_hits(folded)
+    encoded = encoded_hits(strong_normalise(text), text, folded)
+    kinds = strong + weak + (["system_prompt_request"] if prompt_request else [])
+    kinds += (["role_marker"] if role_play else []) + [f"encoded:{name}" for name in encoded]
+    if not kinds:
+        return ()
+    source = re.sub(r"[^\w-]", "", label.split(":", 1)[0])[:20] or "untrusted"
+    detail = f"instruction-like text in {source} data: " + ", ".join(kinds)
+    return (Flag("input", "prompt_injection", detail),)

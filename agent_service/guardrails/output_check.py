@@ -1,0 +1,74 @@
+"""Screening what goes out: the model's reply, for system-prompt leakage and for unknown links."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from agent_service.domain import Flag
+from agent_service.guardrails.links import remove_unknown_links
+from agent_service.guardrails.normalise import fold
+from agent_service.texts import SAFE_REPLY_LEAK
+
+LEAK_MIN_WORDS: Final[int] = 8
+
+
+@dataclass(frozen=True)
+class OutputVerdict:
+    reply: str  # the reply to send (sanitised: unknown links removed; leakage replaced by a safe answer)
+    flags: tuple[Flag, ...]
+
+
+_WORD: Final[re.Pattern[str]] = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(fold(text))
+
+
+@functools.lru_cache(maxsize=8)
+def _prompt_grams(system_prompt: str, min_words: int) -> tuple[int, frozenset[tuple[str, ...]]]:
+    """(n, the prompt's word n-grams): computed once per prompt, not per turn."""
+    prompt_words = _words(system_prompt)
+    size = min(min_words, len(prompt_words))
+    return size, frozenset(tuple(prompt_words[i : i + size]) for i in range(len(prompt_words) - size + 1))
+
+
+def _leak_detail(reply: str, system_prompt: str, min_words: int) -> str | None:
+    size, prompt_grams = _prompt_grams(system_prompt, min_words)
+    if size < 4:
+        return None
+    reply_words = _words(reply)
+    for i in range(len(reply_words) - size + 1):
+        if tuple(reply_words[i : i + size]) in prompt_grams:
+            return f"{size}+ consecutive words of the system prompt"
+    return None
+
+
+def check_output(
+    reply: str,
+    system_prompt: str,
+    known_links: Iterable[str],
+    allowed_domains: Iterable[str],
+    min_leak_words: int = LEAK_MIN_WORDS,
+) -> OutputVerdict:
+    """Screens the model's reply before it reaches the customer.
+
+    A leak of the system prompt (``min_leak_words`` consecutive words, compared case- and
+    punctuation-insensitively) replaces the whole reply with a safe answer. A link is kept only when it
+    appears in the retrieved KB text (``known_links``: links, or whole chunks to extract them from) or its
+    host is an allow-listed domain or a subdomain of one (http/https only); any other link is replaced by
+    "[link removed]". Pass only the behavioural system prompt, not the KB context message.
+    """
+    flags: list[Flag] = []
+    leak = _leak_detail(reply, system_prompt, min_leak_words) if system_prompt.strip() else None
+    if leak is not None:
+        flags.append(Flag("output", "system_prompt_leak", leak))
+        return OutputVerdict(SAFE_REPLY_LEAK, tuple(flags))
+    sanitised, removed_hosts = remove_unknown_links(reply, known_links, allowed_domains)
+    for host in dict.fromkeys(removed_hosts):
+        flags.append(Flag("output", "unknown_link", f"removed link to {host[:80]}"))
+    return OutputVerdict(sanitised, tuple(flags))

@@ -1,0 +1,97 @@
+"""Everything the agent itself says to the customer, in one place (the model's words are the model's).
+
+Plain strings and small formatters of plain values: no imports from the rest of the agent, so any module
+(the turn, the guardrails, the breaker, the offline engine, the policy) can use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+# --- the turn ------------------------------------------------------------------------------------------------
+
+DONT_KNOW: Final[str] = (
+    "I'm an automated assistant, and I couldn't find an answer to that in our help center, so I'd rather not "
+    "guess. If you like, I can pass your question to a member of our support team."
+)
+HELPDESK_UNREACHABLE: Final[str] = (
+    "I'm an automated assistant and I wanted to hand this to a member of our support team, but the "
+    "helpdesk is not reachable right now. Please try again in a few minutes."
+)
+TURN_CAP_HANDED_OVER: Final[str] = (
+    "This conversation has reached the length limit for our automated assistant, so I'm handing it "
+    "to a person who can help you further."
+)
+TURN_CAP_NO_HELPDESK: Final[str] = (
+    "This conversation has reached the length limit for our automated assistant. Please start a "
+    "new conversation, or ask there for a member of our support team."
+)
+# Appended to answers of the backup engine while the configured model is unavailable.
+FALLBACK_NOTE: Final[str] = "\n\n(Our assistant is running in a limited backup mode right now.)"
+# What an escalation outcome tells the customer when the rules file configures no message for it.
+DEFAULT_ESCALATION_MESSAGE: Final[str] = (
+    "I've passed this to a member of our support team, who will follow up with you here."
+)
+
+
+def ticket_sentence(ticket_id: str) -> str:
+    return f" Your ticket number is {ticket_id}."
+
+
+# --- a conversation a human owns -------------------------------------------------------------------------------
+
+
+def passed_to_assignee(assignee: str, ticket_id: str) -> str:
+    return (
+        f"{assignee or 'A member of our support team'} is handling your conversation "
+        f"(ticket {ticket_id}). I've passed your message on to them."
+    )
+
+
+def waiting_for_human(ticket_id: str, estimated_wait: str) -> str:
+    wait = f" Expected wait: {estimated_wait}." if estimated_wait else ""
+    return (
+        f"Your conversation is waiting for a member of our support team (ticket {ticket_id}). "
+        f"I've added your message to the ticket.{wait}"
+    )
+
+
+def message_not_passed_on(ticket_id: str) -> str:
+    return (
+        f"Your conversation is with our support team (ticket {ticket_id}), but I couldn't pass "
+        "this message on just now. Please send it again in a moment."
+    )
+
+
+def handback_note(
+    assignee: str, ticket_id: str, resolution_note: str, human_replies: Sequence[tuple[str, str]]
+) -> str:
+    """The system note recorded when a human resolves the ticket and the bot takes the conversation back."""
+    who = assignee or "a human agent"
+    note = f"Handed back to the bot by {who} (ticket {ticket_id})"
+    note += f": {resolution_note}" if resolution_note else "."
+    if human_replies:
+        replies = " | ".join(f"{name or 'agent'}: {text}" for name, text in human_replies[-3:])
+        note += f" Human replies to the customer: {replies}"
+    return note[:2000]
+
+
+# --- the guardrails' safe replies ------------------------------------------------------------------------------
+
+SAFE_REPLY_INJECTION: Final[str] = (
+    "I can help with questions about your orders, our products and our policies, but I can't follow "
+    "instructions that change how I work. What can I help you with today?"
+)
+SAFE_REPLY_SYSTEM_PROMPT: Final[str] = (
+    "I'm not able to share how I'm set up, but I'm happy to help with your orders, returns, shipping or "
+    "account questions. What do you need?"
+)
+SAFE_REPLY_OVERSIZE: Final[str] = (
+    "That message is longer than I can handle in one go (the limit is {max_chars} characters). Could you "
+    "shorten it, or send the key details in a few smaller messages?"
+)
+SAFE_REPLY_LEAK: Final[str] = (
+    "Sorry, I can't share that. I'm here to help with your orders, returns, shipping and account questions "
+    "- what can I help you with?"
+)

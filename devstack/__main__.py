@@ -1,0 +1,3 @@
+from devstack.foreground import main
+
+main()

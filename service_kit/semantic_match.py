@@ -1,0 +1,216 @@
+"""Matches text against labelled example phrases: exactly after normalisation, or by meaning.
+
+A :class:`SemanticMatcher` is built from label → example texts (usually a YAML file an operator edits)
+and a sentence embedder. Both the examples and every text it is asked about go through
+:func:`~service_kit.text_normalise.normalise_for_matching`, so disguises (look-alike letters, zero-width
+characters, leetspeak, spelled-out words) do not change the result. Two paths:
+
+- lexical (cheap, no model call): a normalised example occurs in the normalised text as whole words, or,
+  for examples of at least :data:`MIN_SQUASHED_LETTERS` letters, in the text with every non-letter removed
+  ("ignoreallpreviousinstructions"); scores 1.0;
+- semantic: cosine similarity between the text's sentences (and the whole text) and every example,
+  examples embedded once at construction, text segments cached.
+
+A label matches when its best score reaches its threshold. The YAML format::
+
+    labels:
+      some_label:
+        threshold: 0.7        # optional, else the matcher's default
+        examples: [first example, second example]
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from service_kit.text_normalise import fold_characters, normalise_for_matching, squash
+
+DEFAULT_THRESHOLD: Final[float] = 0.7
+MIN_SQUASHED_LETTERS: Final[int] = 14
+MAX_SEGMENTS: Final[int] = 24
+_WINDOW_WORDS: Final[int] = 40
+_CACHE_SIZE: Final[int] = 4096
+_SENTENCE: Final[re.Pattern[str]] = re.compile(r"(?<=[.!?;:])\s+|\n+")
+_PUNCTUATION: Final[re.Pattern[str]] = re.compile(r"[^\w\s]+")
+_WORDS: Final[re.Pattern[str]] = re.compile(r"[^\W\d_]{5,}")
+
+Vector = npt.NDArray[np.float32]
+
+
+class Embedder(Protocol):
+    """Anything that turns texts into unit-length vectors (service_kit.embedding.MiniLMModel does)."""
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]: ...
+
+
+class ExamplesFileError(ValueError):
+    """The examples file is missing, not YAML, or not in the expected shape."""
+
+
+@dataclass(frozen=True)
+class Match:
+    label: str
+    score: float  # 1.0 for a lexical match, else cosine similarity to the nearest example
+    nearest_example: str  # the example as written in the file
+    lexical: bool = False
+
+
+@dataclass(frozen=True)
+class _Example:
+    label: str
+    text: str  # as written
+    normalised: str
+    phrase: str
+    squashed: str
+
+
+def load_examples(path: Path) -> tuple[dict[str, list[str]], dict[str, float], dict[str, Any]]:
+    """(label → examples, label → threshold, the file's other top-level settings) from a YAML file."""
+    try:
+        data = yaml.safe_load(path.read_text("utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExamplesFileError(f"cannot read examples file {path}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
+        raise ExamplesFileError(f"{path}: expected a mapping with a 'labels' mapping")
+    examples: dict[str, list[str]] = {}
+    thresholds: dict[str, float] = {}
+    for label, spec in data["labels"].items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("examples"), list):
+            raise ExamplesFileError(f"{path}: label {label!r} needs an 'examples' list")
+        texts = [str(item) for item in spec["examples"] if str(item).strip()]
+        if not texts:
+            raise ExamplesFileError(f"{path}: label {label!r} has no examples")
+        examples[str(label)] = texts
+        if "threshold" in spec:
+            thresholds[str(label)] = float(spec["threshold"])
+    settings = {key: value for key, value in data.items() if key != "labels"}
+    return examples, thresholds, settings
+
+
+class SemanticMatcher:
+    """Best match per label for a text, lexical first, then by embedding similarity. Thread-safe."""
+
+    def __init__(
+        self,
+        examples: Mapping[str, Sequence[str]],
+        embedder: Embedder,
+        thresholds: Mapping[str, float] | None = None,
+        default_threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        self._embedder = embedder
+        self.labels: tuple[str, ...] = tuple(examples)
+        self.thresholds: dict[str, float] = {
+            label: (thresholds or {}).get(label, default_threshold) for label in self.labels
+        }
+        # Words of the examples, so a customer's "ign ore" is rejoined to an example's "ignore".
+        self.keywords: frozenset[str] = frozenset(
+            word
+            for texts in examples.values()
+            for text in texts
+            for word in _WORDS.findall(fold_characters(text))
+        )
+        self._examples: list[_Example] = []
+        for label, texts in examples.items():
+            for text in texts:
+                normalised = self.normalise(text)
+                self._examples.append(
+                    _Example(label, text, normalised, _phrase(normalised), squash(normalised))
+                )
+        vectors = embedder.embed([example.normalised for example in self._examples])
+        self._matrix: npt.NDArray[np.float32] = np.vstack(vectors).astype(np.float32)
+        self._label_of = np.array([self.labels.index(example.label) for example in self._examples])
+        self._cache: OrderedDict[str, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_yaml(
+        cls, path: Path, embedder: Embedder, default_threshold: float = DEFAULT_THRESHOLD
+    ) -> SemanticMatcher:
+        examples, thresholds, _ = load_examples(path)
+        return cls(examples, embedder, thresholds, default_threshold)
+
+    def normalise(self, text: str) -> str:
+        return normalise_for_matching(text, self.keywords)
+
+    def lexical(self, text: str) -> list[Match]:
+        """Labels with an example contained in the normalised text (no model call), best first."""
+        normalised = self.normalise(text)
+        return self._lexical(normalised, squash(normalised))
+
+    def _lexical(self, normalised: str, squashed: str) -> list[Match]:
+        padded = _phrase(normalised)
+        found: dict[str, Match] = {}
+        for example in self._examples:
+            if example.label in found:
+                continue
+            if example.phrase in padded or (
+                len(example.squashed) >= MIN_SQUASHED_LETTERS and example.squashed in squashed
+            ):
+                found[example.label] = Match(example.label, 1.0, example.text, lexical=True)
+        return list(found.values())
+
+    def scores(self, text: str) -> list[Match]:
+        """The best match of every label (lexical or semantic), best first."""
+        normalised = self.normalise(text)
+        best = {match.label: match for match in self._lexical(normalised, squash(normalised))}
+        segments = _segments(normalised)
+        if segments:
+            similarity = np.vstack(self._vectors(segments)) @ self._matrix.T  # segments x examples
+            per_example = similarity.max(axis=0)
+            for index, label in enumerate(self.labels):
+                if label in best:
+                    continue
+                candidates = np.flatnonzero(self._label_of == index)
+                top = int(candidates[np.argmax(per_example[candidates])])
+                best[label] = Match(label, float(per_example[top]), self._examples[top].text)
+        return sorted(best.values(), key=lambda match: match.score, reverse=True)
+
+    def match(self, text: str) -> list[Match]:
+        """Labels whose best score reaches their threshold, best first."""
+        return [match for match in self.scores(text) if match.score >= self.thresholds[match.label]]
+
+    def _vectors(self, segments: list[str]) -> list[Vector]:
+        with self._lock:
+            found = {segment: self._cache[segment] for segment in segments if segment in self._cache}
+        missing = [segment for segment in segments if segment not in found]
+        if missing:
+            fresh = dict(zip(missing, self._embedder.embed(missing), strict=True))
+            found.update(fresh)
+            with self._lock:
+                self._cache.update(fresh)
+                while len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
+        return [found[segment] for segment in segments]
+
+
+def _phrase(normalised: str) -> str:
+    """Words only, single-spaced, with a space at both ends (for whole-word containment)."""
+    return " " + " ".join(_PUNCTUATION.sub(" ", normalised).split()) + " "
+
+
+def _segments(normalised: str) -> list[str]:
+    """The whole text (if short), its sentences, and windows over long sentences; at most MAX_SEGMENTS."""
+    words = normalised.split()
+    if not words:
+        return []
+    segments: list[str] = []
+    if len(words) <= _WINDOW_WORDS:
+        segments.append(" ".join(words))
+    for sentence in _SENTENCE.split(normalised):
+        sentence_words = sentence.split()
+        step = _WINDOW_WORDS // 2
+        for start in range(0, max(1, len(sentence_words) - step), step):
+            window = " ".join(sentence_words[start : start + _WINDOW_WORDS])
+            if window and window not in segments:
+                segments.append(window)
+    return segments[:MAX_SEGMENTS]
