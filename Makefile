@@ -80,7 +80,7 @@ soak: install ## 10-minute soak at a steady rate (SOAK_SECONDS overrides)
 
 compose-check: install ## Validate docker-compose.yml with docker-compose config
 	@scripts/ensure_system_tools.sh
-	docker-compose -f docker-compose.yml config -q
+	AUTH_CREDENTIALS_FILE=$${AUTH_CREDENTIALS_FILE:-data/credentials.json} docker-compose -f docker-compose.yml config -q
 
 k8s-check: install ## Render the kustomize base and overlay; validate against the Kubernetes schemas
 	$(BIN)/kubectl kustomize deploy/k8s/base | $(BIN)/kubernetes-validate --strict --quiet /dev/stdin

@@ -18,6 +18,7 @@ import grpc
 
 from service_kit import auth
 from service_kit.codes import CONVERSATION_STATE, PRIORITY
+from service_kit.env import ConfigError
 from service_kit.metadata import CUSTOMER_ID_KEY
 from support.v1 import agent_pb2, agent_pb2_grpc
 
@@ -80,10 +81,16 @@ async def chat_once(
         render_event(event, out)
 
 
-async def run(addr: str, conversation_id: str, customer_id: str, out: TextIO = sys.stdout) -> int:
-    async with grpc.aio.insecure_channel(
-        addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
-    ) as channel:
+async def run(
+    addr: str,
+    conversation_id: str,
+    customer_id: str,
+    out: TextIO = sys.stdout,
+    auth_config: auth.AuthConfig | None = None,
+) -> int:
+    """Chats as the `backend` role for `customer_id` (token: `auth_config`, default AuthConfig.for_caller)."""
+    caller = auth_config if auth_config is not None else auth.AuthConfig.for_caller(auth.BACKEND)
+    async with grpc.aio.insecure_channel(addr, interceptors=auth.client_interceptors(caller)) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         out.write(f"support-chat: conversation {conversation_id} on {addr}. Ctrl-D or /quit to leave.\n")
         while True:
@@ -117,11 +124,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="agent address (default: $AGENT_ADDR or %(default)s)",
     )
     parser.add_argument("--conversation-id", default="", help="continue a conversation (default: a new one)")
-    parser.add_argument("--customer-id", default="", help="sent as x-customer-id, e.g. cust-001")
+    parser.add_argument(
+        "--customer-id",
+        default=os.environ.get("SUPPORT_CUSTOMER_ID", "").strip() or "cust-001",
+        help="the customer you chat as, sent as x-customer-id (default: $SUPPORT_CUSTOMER_ID or %(default)s)",
+    )
     args = parser.parse_args(argv)
     conversation_id = args.conversation_id or f"cli-{uuid.uuid4().hex[:12]}"
     try:
-        code = asyncio.run(run(args.addr, conversation_id, args.customer_id))
+        # The backend token from AUTH_TOKEN, AUTH_TOKENS_BACKEND or AUTH_CREDENTIALS_FILE (data/credentials.json).
+        caller = auth.AuthConfig.for_caller(auth.BACKEND)
+    except ConfigError as error:
+        print(f"support-chat: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        code = asyncio.run(run(args.addr, conversation_id, args.customer_id, auth_config=caller))
     except KeyboardInterrupt:
         code = 130
     raise SystemExit(code)

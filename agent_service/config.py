@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent_service.turn_contract import TurnSettings
-from service_kit.auth import AuthConfig
+from service_kit.auth import SERVICE, AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
+from service_kit.grpc_server import ServerLimits
+from service_kit.tls import TlsConfig
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 DEFAULT_RETRIEVAL_ADDR = "127.0.0.1:50052"
@@ -59,10 +61,23 @@ class Config:
     # Set: conversations live in Redis (replicas are stateless); unset: SQLite under data_dir.
     redis_url: str | None = None
     redis_key_prefix: str = "support-agent:"
-    # Redis only: idle conversations expire after this long (unset: kept).
+    # Idle conversations are deleted after this long (unset: kept). Redis: key expiry; SQLite: purged at start
+    # and then periodically on writes.
     conversation_retention_seconds: float | None = None
-    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS): what the agent accepts and sends.
+    # A turn running longer than this is stopped with DEADLINE_EXCEEDED (keep it below turn_lease_seconds).
+    turn_deadline_seconds: float = _TURN.turn_deadline_seconds
+    # Per-customer Chat turn rate (token bucket; 0 = unlimited) and its burst.
+    customer_turns_per_minute: float = _TURN.customer_turns_per_minute
+    customer_turn_burst: int = _TURN.customer_turn_burst
+    # Hard cap on stored messages per conversation.
+    max_conversation_messages: int = _TURN.max_conversation_messages
+    # Principals (service_kit.auth): AUTH_CREDENTIALS_FILE / AUTH_TOKENS_<ROLE>, or AUTH_DISABLED=true;
+    # the agent calls tools and retrieval as the `service` role.
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # TLS_CERT_FILE/TLS_KEY_FILE (+ TLS_CLIENT_CA_FILE: mTLS), callers TLS_CA_FILE; unset: plaintext.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_RPCS.
+    grpc_limits: ServerLimits = field(default_factory=ServerLimits)
 
     @property
     def db_path(self) -> Path:
@@ -78,6 +93,10 @@ class Config:
             link_allowlist=self.link_allowlist,
             turn_lease_seconds=self.turn_lease_seconds,
             max_concurrent_turns=self.max_concurrent_turns,
+            turn_deadline_seconds=self.turn_deadline_seconds,
+            customer_turns_per_minute=self.customer_turns_per_minute,
+            customer_turn_burst=self.customer_turn_burst,
+            max_conversation_messages=self.max_conversation_messages,
         )
 
     @property
@@ -137,7 +156,19 @@ class Config:
                 if env_opt("CONVERSATION_RETENTION_SECONDS", environ)
                 else None
             ),
-            auth=AuthConfig.from_env(environ),
+            turn_deadline_seconds=env_float(
+                "TURN_DEADLINE_SECONDS", _TURN.turn_deadline_seconds, environ, minimum=0.1
+            ),
+            customer_turns_per_minute=env_float(
+                "CUSTOMER_TURNS_PER_MINUTE", _TURN.customer_turns_per_minute, environ, minimum=0.0
+            ),
+            customer_turn_burst=env_int("CUSTOMER_TURN_BURST", _TURN.customer_turn_burst, environ, minimum=1),
+            max_conversation_messages=env_int(
+                "MAX_CONVERSATION_MESSAGES", _TURN.max_conversation_messages, environ, minimum=2
+            ),
+            auth=AuthConfig.from_env(environ, outbound_role=SERVICE),
+            tls=TlsConfig.from_env(environ),
+            grpc_limits=ServerLimits.from_env(environ),
         )
 
 

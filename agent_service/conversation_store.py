@@ -1,7 +1,7 @@
 """The conversation store port: history, retry-safe turns and the per-conversation in-flight lock.
 
 Implementations must make these guarantees (the SQLite adapter is the reference; a Redis or Postgres
-adapter for replicated agents implements the same six methods):
+adapter for replicated agents implements the same seven methods):
 
 * `append_turn` is atomic: the whole `TurnResult` (user message, tool calls and results, reply, escalation,
   sources, guardrail flags) is stored in one step or not at all. A second turn with the same
@@ -9,6 +9,9 @@ adapter for replicated agents implements the same six methods):
 * `get_turn` returns a stored turn by client turn id, so a retried request is answered from the store.
 * `acquire_lock` / `release_lock` are a lease: at most one holder per conversation until it releases or the
   lease expires (a crashed replica cannot block a conversation forever). Must hold across processes.
+  `renew_lock` extends a live lease for its holder only; the turn renews it while it runs, so a turn slower than
+  one lease still keeps a second turn out.
+* A store that cannot be reached (or times out) raises `errors.StoreUnavailableError`, never a driver error.
 * `load` returns the conversation's turns oldest first and the customer it belongs to ("" for none yet);
   an unknown conversation is an empty `Conversation`, not an error.
 """
@@ -35,6 +38,10 @@ class ConversationStore(Protocol):
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
         """Takes the conversation's in-flight lock; False while another holder's lease is live."""
+        ...
+
+    async def renew_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
+        """Extends `holder`'s live lease to `lease_seconds` from now; False if `holder` no longer has it."""
         ...
 
     async def release_lock(self, conversation_id: str, holder: str) -> None:

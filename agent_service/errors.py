@@ -21,7 +21,24 @@ class ConversationBusyError(AgentError):
 
 
 class OverloadedError(AgentError):
-    """More turns in flight than MAX_CONCURRENT_TURNS. → RESOURCE_EXHAUSTED."""
+    """More turns in flight than MAX_CONCURRENT_TURNS, or a quota used up (the subclasses). → RESOURCE_EXHAUSTED."""
+
+
+class RateLimitedError(OverloadedError):
+    """The customer sent more turns than their per-customer rate allows. → RESOURCE_EXHAUSTED."""
+
+
+class ConversationFullError(OverloadedError):
+    """The conversation holds MAX_CONVERSATION_MESSAGES stored turns; it takes no more. → RESOURCE_EXHAUSTED
+    (the caller starts a new conversation)."""
+
+
+class TurnDeadlineError(AgentError):
+    """The turn ran past TURN_DEADLINE_SECONDS and was stopped (nothing stored). → DEADLINE_EXCEEDED."""
+
+
+class StoreUnavailableError(AgentError):
+    """The conversation store (Redis, the SQLite file) could not be reached or timed out. → UNAVAILABLE."""
 
 
 class ConversationNotFoundError(AgentError):

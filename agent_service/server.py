@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from agent_service.conversation_store import ConversationStore
 from agent_service.dependency_health import DependencyWatcher
 from agent_service.escalation_policy import EscalationPolicy, PolicyConfigError, PolicyRules
 from agent_service.model_port import ModelPort
-from agent_service.servicer import AgentServicer
+from agent_service.servicer import PERMISSIONS, AgentServicer
 from agent_service.turn import TurnRunner
 from service_kit import lifecycle
 from service_kit.grpc_server import new_server
@@ -69,7 +70,7 @@ def build_store(config: Config) -> ConversationStore:
             key_prefix=config.redis_key_prefix,
             retention_seconds=config.conversation_retention_seconds,
         )
-    return SqliteConversationStore(config.db_path)
+    return SqliteConversationStore(config.db_path, retention_seconds=config.conversation_retention_seconds)
 
 
 async def start_server(config: Config, model: ModelPort | None = None) -> StartedServer:
@@ -80,9 +81,9 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
     """
     policy = EscalationPolicy(PolicyRules.load(config.escalation_rules_path))
     async with closing_on_error([]) as closers:
-        retrieval_channel = open_channel(config.retrieval_addr, config.auth)
+        retrieval_channel = open_channel(config.retrieval_addr, config.auth, config.tls, config.grpc_limits)
         closers.append(retrieval_channel.close)
-        tools_channel = open_channel(config.tools_addr, config.auth)
+        tools_channel = open_channel(config.tools_addr, config.auth, config.tls, config.grpc_limits)
         closers.append(tools_channel.close)
         store = build_store(config)
         closers.append(store.close)
@@ -102,7 +103,9 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
             policy=policy,
             guardrails=guardrails,
         )
-        server, health_servicer = new_server([SERVICE_NAME], config.auth)
+        server, health_servicer = new_server(
+            [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
+        )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner), server)  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
         channels = {
@@ -116,6 +119,10 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
             config.dependency_check_seconds,
         )
         watcher.start()
+        # The injection detector's embedding model takes about 2 s to load: load it beside serving, not in the
+        # first customer's turn.
+        warm_up = asyncio.get_running_loop().run_in_executor(None, guardrails.warm_up)
+        closers.append(lambda: asyncio.wait_for(asyncio.shield(warm_up), timeout=30))
         closers.append(watcher.stop)
     logger.info(
         "agent_service listening",

@@ -16,6 +16,8 @@ from agent_service.errors import (
     InvalidInputError,
     NotYourConversationError,
     OverloadedError,
+    StoreUnavailableError,
+    TurnDeadlineError,
 )
 from agent_service.turn import TurnRunner
 from agent_service.turn_contract import (
@@ -29,15 +31,25 @@ from agent_service.turn_contract import (
     TurnEvent,
     TurnRequest,
 )
-from service_kit import observability
+from service_kit import auth, observability
 from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, GUARDRAIL_STAGE, PRIORITY
 from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
-from service_kit.metadata import CUSTOMER_ID_KEY, metadata_value
 from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 logger = logging.getLogger(__name__)
 
 AGENT_NAME = "support-agent"
+
+# Who may call what (enforced by service_kit.auth's interceptor before any handler runs): a backend acts for the
+# customer it names in x-customer-id; staff may read any conversation.
+PERMISSIONS = auth.PermissionTable(
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    {
+        "Chat": auth.allow(auth.BACKEND),
+        "StreamChat": auth.allow(auth.BACKEND),
+        "GetConversation": auth.allow(auth.BACKEND, auth.STAFF),
+    },
+)
 
 ERROR_GUARD = ErrorGuard(
     [
@@ -47,6 +59,8 @@ ERROR_GUARD = ErrorGuard(
             details=lambda error: [bad_request(error.field, error.description)],
         ),
         StatusRule(ConversationBusyError, grpc.StatusCode.ABORTED),
+        StatusRule(TurnDeadlineError, grpc.StatusCode.DEADLINE_EXCEEDED),
+        StatusRule(StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, log="conversation store unavailable"),
         StatusRule(OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
         StatusRule(ConversationNotFoundError, grpc.StatusCode.NOT_FOUND),
         StatusRule(NotYourConversationError, grpc.StatusCode.PERMISSION_DENIED),
@@ -204,9 +218,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.GetConversationResponse:
         async with ERROR_GUARD(context):
-            view = await self._runner.conversation(
-                request.conversation_id, metadata_value(context, CUSTOMER_ID_KEY)
-            )
+            view = await self._runner.conversation(request.conversation_id, _customer_scope())
             return agent_pb2.GetConversationResponse(
                 conversation_id=request.conversation_id,
                 state=state_pb(view.state),
@@ -214,6 +226,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 ticket_id=view.ticket_id,
                 assignee=view.assignee,
             )
+
+
+def _customer_scope() -> str:
+    """The customer the caller acts for; "" only for staff (who may read any conversation). A call without a
+    principal never gets here on a served port (the interceptor refuses it); refuse it here too."""
+    principal = auth.current_principal()
+    if principal is None:
+        raise NotYourConversationError("no authenticated caller")
+    if principal.role == auth.STAFF:
+        return ""
+    if not principal.customer_id:
+        raise NotYourConversationError("the caller named no customer")
+    return principal.customer_id
 
 
 def _turn_request(
@@ -225,6 +250,6 @@ def _turn_request(
         conversation_id=request.conversation_id,
         message=request.message,
         turn_id=request.turn_id,
-        customer_id=metadata_value(context, CUSTOMER_ID_KEY),
+        customer_id=_customer_scope(),
         stream=stream,
     )

@@ -39,6 +39,19 @@ def ticket_sentence(ticket_id: str) -> str:
     return f" Your ticket number is {ticket_id}."
 
 
+# What the transcript keeps instead of a message the input guardrail blocked (never stored verbatim, never shown
+# to the model again), and the tail of a message too long to store whole. `digest` lets a retry be recognised.
+WITHHELD_MESSAGE_PREFIX: Final[str] = "[message withheld by the input guardrail"
+
+
+def withheld_message(rules: str, digest: str) -> str:
+    return f"{WITHHELD_MESSAGE_PREFIX} ({rules}); sha256:{digest}]"
+
+
+def truncated_message(head: str, total_chars: int, digest: str) -> str:
+    return f"{head} [... message truncated, {total_chars} characters in all; sha256:{digest}]"
+
+
 # --- a conversation a human owns -------------------------------------------------------------------------------
 
 

@@ -1,11 +1,12 @@
 """One turn of Chat, as a stream of typed events. No gRPC here; the ports, request, events and settings the
 turn works with are in `turn_contract`, the architecture in docs/architecture.md.
 
-`TurnRunner.run` reads top-down as the stages of a turn: validate → replay a retried turn id → take the
-conversation's lock → route a human-owned conversation to its ticket (or hand off at the turn cap) → screen
-the input → retrieve and quarantine → model/tool rounds → decide the escalation (`turn_outcome`) → screen the
-output → cite → persist. The turn always yields its events and ends with exactly one `FinalEvent`; Chat
-collects them, StreamChat forwards them as they happen.
+`TurnRunner.run` reads top-down as the stages of a turn: validate → the customer's rate → replay a retried
+turn id → take the conversation's lock (renewed while the turn runs) → the conversation's message cap → route
+a human-owned conversation to its ticket (or hand off at the turn cap) → screen the input → retrieve and
+quarantine → model/tool rounds → decide the escalation (`turn_outcome`) → screen the output → cite → persist.
+Everything after the lock runs under the turn's deadline. The turn always yields its events and ends with
+exactly one `FinalEvent`; Chat collects them, StreamChat forwards them as they happen.
 
 The turn's record (`_Turn`) changes in two visible ways only: a stage assigns its own fields, and an event
 that changes the record goes through `_Turn.record`.
@@ -14,6 +15,7 @@ that changes the record goes through `_Turn.record`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -38,15 +40,20 @@ from agent_service.domain import (
 )
 from agent_service.errors import (
     ConversationBusyError,
+    ConversationFullError,
     ConversationNotFoundError,
     DuplicateTurnError,
     InvalidInputError,
     NotYourConversationError,
     OverloadedError,
+    RateLimitedError,
+    StoreUnavailableError,
+    TurnDeadlineError,
 )
 from agent_service.escalation_policy import EscalationDecision, EscalationPolicy
 from agent_service.model_port import ModelPort, ModelRequest, ModelResult, TextChunk, ToolCallRequest
-from agent_service.prompts import SYSTEM_PROMPT, history_messages, kb_context_message
+from agent_service.prompts import SYSTEM_PROMPT, model_messages
+from agent_service.rate_limit import CustomerRateLimiter
 from agent_service.tool_results import (
     ESCALATE_TOOL,
     TOOL_FAILURES_BEFORE_ESCALATION,
@@ -87,6 +94,8 @@ audit = logging.getLogger("agent_service.audit")
 
 NEUTRAL_SUMMARY = "See the conversation transcript in the support console."
 _CITATION = re.compile(r"\[(\d{1,3})\]")
+# The digest a withheld or truncated stored message ends with (texts.withheld_message, truncated_message).
+_STORED_DIGEST = re.compile(r"sha256:([0-9a-f]{16})\]$")
 _OPEN_TICKET_STATES = frozenset({"open", "assigned"})
 
 _Event = TypeVar("_Event", bound=TurnEvent)
@@ -115,6 +124,8 @@ class _Turn:
     knew_answer: bool = True
     outcome: TurnOutcome | None = None
     usage: UsageInfo = field(default_factory=UsageInfo)
+    # The input guardrail's rules that blocked the message ("" when it was not blocked).
+    blocked_by: str = ""
 
     @property
     def log_ids(self) -> dict[str, str]:
@@ -183,6 +194,31 @@ def _owned_state(ticket: TicketView) -> str:
     return "human" if ticket.status == "assigned" else "pending_human"
 
 
+def _digest(message: str) -> str:
+    return hashlib.sha256(message.encode("utf-8")).hexdigest()[:16]
+
+
+# Idempotency keys the tools service is sent stay short whatever the turn id and the model's call ids are.
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def idempotency_key(*parts: str) -> str:
+    """`parts` joined by ":" — or, when that is longer than MAX_IDEMPOTENCY_KEY_CHARS, its SHA-256 (the same
+    parts always give the same key, so a retried turn still finds its earlier calls)."""
+    key = ":".join(parts)
+    if len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _same_message(stored: str, message: str) -> bool:
+    """Whether a stored user message is `message`: verbatim, or withheld/truncated with its digest."""
+    if stored == message:
+        return True
+    match = _STORED_DIGEST.search(stored)
+    return match is not None and match.group(1) == _digest(message)
+
+
 class TurnRunner:
     def __init__(
         self,
@@ -203,6 +239,7 @@ class TurnRunner:
         self._policy = policy
         self._guardrails = guardrails
         self._active = 0
+        self._rate = CustomerRateLimiter(settings.customer_turns_per_minute, settings.customer_turn_burst)
 
     @property
     def active_turns(self) -> int:
@@ -213,10 +250,12 @@ class TurnRunner:
     async def run(self, request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
         """The turn's events, ending with exactly one `FinalEvent`. Raises `AgentError`s for refused turns."""
         validate_request(request, self._settings)
+        self._check_rate(request)
         if self._active >= self._settings.max_concurrent_turns:
             logger.warning("turn shed: too many turns in flight", extra={"active_turns": self._active})
             raise OverloadedError("the agent is at capacity; retry shortly")
         self._active += 1
+        deadline = asyncio.get_running_loop().time() + self._settings.turn_deadline_seconds
         try:
             replayed = await self._replayed(request)
             if replayed is not None:
@@ -232,15 +271,17 @@ class TurnRunner:
                         yield FinalEvent(replayed)
                         return
                     turn = _Turn(request, request.turn_id or uuid.uuid4().hex, time.time())
-                    conversation = await self._load_owned(request)
-                    conversation, open_ticket = await self._record_handbacks(conversation, turn)
+                    async with self._deadline(turn, deadline):
+                        conversation = await self._load_owned(request)
+                        self._check_room(conversation)
+                        conversation, open_ticket = await self._record_handbacks(conversation, turn)
                     if open_ticket is not None:
                         stages = self._forward_to_human(turn, open_ticket)
                     elif conversation.turns_since_handback >= self._settings.max_turns:
                         stages = self._turn_cap(turn)
                     else:
                         stages = self._bot_turn(turn, conversation, search)
-                    async for event in stages:
+                    async for event in self._until(turn, deadline, stages):
                         self._audit(turn, event)
                         yield event
                     yield FinalEvent(await self._persist(turn))
@@ -256,8 +297,18 @@ class TurnRunner:
         for flag in verdict.flags:
             yield turn.record(GuardrailEvent(flag))
         if verdict.blocked:
-            turn.reply = verdict.safe_reply
-            yield TextDeltaEvent(turn.reply)
+            turn.blocked_by = ", ".join(dict.fromkeys(flag.rule for flag in verdict.flags)) or "blocked"
+            # A blocked message the policy hands to a person still goes to a person (a false positive of the
+            # injection detector must never keep a defrauded customer from a human): the human reads it, the
+            # model never does.
+            policy_decision = self._policy.evaluate(turn.request.message)
+            if policy_decision is None:
+                turn.reply = verdict.safe_reply
+                yield TextDeltaEvent(turn.reply)
+            else:
+                turn.outcome = TurnOutcome.ESCALATE_POLICY_TRIGGER
+                async for event in self._apply_outcome(turn, turn.outcome, policy_decision):
+                    yield event
             return
 
         async for event in self._retrieve(turn, search):
@@ -287,8 +338,64 @@ class TurnRunner:
 
     # --- the stages -----------------------------------------------------------------------------------------
 
+    def _check_rate(self, request: TurnRequest) -> None:
+        """The customer's token bucket (keyed by the validated customer id) → RateLimitedError when empty."""
+        wait = self._rate.try_acquire(request.customer_id)
+        if wait > 0:
+            audit.warning(
+                "turn refused: customer rate limit",
+                extra={"event": "turn_rate_limited", "conversation_id": request.conversation_id},
+            )
+            raise RateLimitedError(f"too many messages from this customer; retry in {max(1, round(wait))} s")
+
+    def _check_room(self, conversation: Conversation) -> None:
+        """The hard cap on stored turns. A human-owned conversation is never handed back to the bot by it; it
+        is refused like any other."""
+        limit = self._settings.max_conversation_messages
+        if len(conversation.turns) >= limit:
+            raise ConversationFullError(
+                f"this conversation reached its limit of {limit} messages; start a new conversation"
+            )
+
+    @asynccontextmanager
+    async def _deadline(self, turn: _Turn, deadline: float) -> AsyncIterator[None]:
+        """Runs the body under the turn's deadline; past it the body is cancelled → TurnDeadlineError."""
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                yield
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            audit.warning(
+                "turn stopped at its deadline",
+                extra={
+                    **turn.log_ids,
+                    "event": "turn_deadline",
+                    "deadline_seconds": self._settings.turn_deadline_seconds,
+                },
+            )
+            raise TurnDeadlineError(
+                f"the turn took longer than {self._settings.turn_deadline_seconds:g} s and was stopped; "
+                "nothing was stored, retry with the same turn_id"
+            ) from None
+
+    async def _until(
+        self, turn: _Turn, deadline: float, stages: AsyncIterator[TurnEvent]
+    ) -> AsyncIterator[TurnEvent]:
+        """`stages`' events, each one awaited under the deadline (never the caller's handling of an event)."""
+        while True:
+            async with self._deadline(turn, deadline):
+                try:
+                    event = await anext(stages)
+                except StopAsyncIteration:
+                    return
+            yield event
+
     @asynccontextmanager
     async def _conversation_lock(self, request: TurnRequest) -> AsyncIterator[None]:
+        """The conversation's lease for the turn: taken or ABORTED, renewed every third of the lease while the
+        turn runs, released at the end (a store outage at release leaves a lease that simply expires)."""
         holder = uuid.uuid4().hex
         conversation_id = request.conversation_id
         if not await self._store.acquire_lock(conversation_id, holder, self._settings.turn_lease_seconds):
@@ -303,10 +410,42 @@ class TurnRunner:
             raise ConversationBusyError(
                 f"conversation {conversation_id!r} already has a turn in flight; retry when it has finished"
             )
+        renewal = asyncio.create_task(self._renew_lease(conversation_id, holder))
         try:
             yield
         finally:
-            await asyncio.shield(self._store.release_lock(conversation_id, holder))
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
+            try:
+                await asyncio.shield(self._store.release_lock(conversation_id, holder))
+            except StoreUnavailableError as error:
+                logger.warning(
+                    "could not release the conversation lease; it expires by itself",
+                    extra={
+                        "conversation_id": conversation_id,
+                        "lease_seconds": self._settings.turn_lease_seconds,
+                        "error": str(error),
+                    },
+                )
+
+    async def _renew_lease(self, conversation_id: str, holder: str) -> None:
+        lease = self._settings.turn_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                kept = await self._store.renew_lock(conversation_id, holder, lease)
+            except StoreUnavailableError as error:
+                logger.warning(
+                    "could not renew the conversation lease; retrying",
+                    extra={"conversation_id": conversation_id, "error": str(error)},
+                )
+                continue
+            if not kept:
+                logger.error(
+                    "the conversation lease was lost while the turn ran",
+                    extra={"conversation_id": conversation_id},
+                )
+                return
 
     @staticmethod
     async def _settle(search: asyncio.Task[RetrievalResult]) -> None:
@@ -321,7 +460,7 @@ class TurnRunner:
         stored = await self._store.get_turn(request.conversation_id, request.turn_id)
         if stored is None:
             return None
-        if stored.user_message != request.message:
+        if not _same_message(stored.user_message, request.message):
             raise InvalidInputError(
                 "turn_id", "was already used for a different message in this conversation"
             )
@@ -434,7 +573,8 @@ class TurnRunner:
         retrieved = await search
         kept = []
         for hit in () if retrieved.nothing_relevant else retrieved.hits:
-            suspicious = self._guardrails.scan_untrusted(f"kb:{hit.doc_id}", hit.text)
+            # The title reaches the model too (as data), so it is screened with the text.
+            suspicious = self._guardrails.scan_untrusted(f"kb:{hit.doc_id}", f"{hit.title}\n{hit.text}")
             for flag in suspicious:
                 yield turn.record(GuardrailEvent(flag))
             if not suspicious:
@@ -454,12 +594,13 @@ class TurnRunner:
         request = turn.request
         tools = await self._tools.list_tools()
         tool_names = _tool_names(tools)
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "system", "content": kb_context_message(turn.hits, self._guardrails.untrusted_block)},
-            *history_messages(conversation.turns, self._settings.context_token_budget),
-            {"role": "user", "content": request.message},
-        ]
+        messages = model_messages(
+            hits=turn.hits,
+            turns=conversation.turns,
+            message=request.message,
+            budget_tokens=self._settings.context_token_budget,
+            untrusted_block=self._guardrails.untrusted_block,
+        )
         used_ids: set[str] = set()
         for round_index in range(self._settings.max_tool_rounds):
             result: ModelResult | None = None
@@ -600,7 +741,7 @@ class TurnRunner:
                     summary=attempt_summary,
                     tools_tried=[call.name for call in turn.tool_calls],
                     sources=[Source.of(hit) for hit in turn.hits],
-                    idempotency_key=turn.turn_id,
+                    idempotency_key=idempotency_key(turn.turn_id),
                 )
                 break
             except ToolsUnavailableError as error:
@@ -670,7 +811,7 @@ class TurnRunner:
                 call.name,
                 call.arguments,
                 conversation_id=turn.request.conversation_id,
-                idempotency_key=f"{turn.turn_id}:{call.id}",
+                idempotency_key=idempotency_key(turn.turn_id, call.id),
                 customer_id=turn.request.customer_id,
             )
 
@@ -711,7 +852,7 @@ class TurnRunner:
         result = TurnResult(
             conversation_id=request.conversation_id,
             turn_id=turn.turn_id,
-            user_message=request.message,
+            user_message=self._stored_message(turn),
             reply=turn.reply,
             tool_calls=tuple(turn.tool_calls),
             escalation=turn.escalation,
@@ -750,6 +891,17 @@ class TurnRunner:
         )
         return result
 
+    def _stored_message(self, turn: _Turn) -> str:
+        """What the transcript keeps of the customer's message: never a blocked message verbatim (a placeholder
+        with its digest), and no more than `max_message_chars` of any other."""
+        message = turn.request.message
+        if turn.blocked_by:
+            return texts.withheld_message(turn.blocked_by, _digest(message))
+        limit = self._settings.max_message_chars
+        if len(message) > limit:
+            return texts.truncated_message(message[:limit], len(message), _digest(message))
+        return message
+
     # --- reading ---------------------------------------------------------------------------------------------
 
     async def conversation(self, conversation_id: str, customer_id: str = "") -> ConversationView:
@@ -763,7 +915,7 @@ class TurnRunner:
         if conversation.ever_escalated:
             try:
                 open_ticket = _latest_open_ticket(
-                    await self._tools.list_tickets(conversation_id, customer_id)
+                    await self._tools.list_tickets(conversation_id, conversation.customer_id or customer_id)
                 )
             except ToolsUnavailableError:
                 open_ticket = None

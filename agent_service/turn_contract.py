@@ -201,15 +201,33 @@ class TurnSettings:
     context_token_budget: int = 6000
     # Link domains the reply may carry besides the links in the retrieved KB text.
     link_allowlist: tuple[str, ...] = ()
-    # How long a conversation's in-flight lock lives if its holder dies without releasing it.
+    # How long a conversation's in-flight lock lives if its holder dies without releasing it. A running turn
+    # renews it every third of this, so a slow turn keeps it.
     turn_lease_seconds: float = 120.0
     # Load shedding: turns beyond this run concurrently are refused at once (OverloadedError).
     max_concurrent_turns: int = 1024
+    # A turn still running after this long is stopped (TurnDeadlineError → DEADLINE_EXCEEDED), nothing stored.
+    # Below the lease, so even a turn whose renewals fail ends before its lease can expire.
+    turn_deadline_seconds: float = 90.0
+    # Per-customer token bucket for Chat turns (0 turns a minute = no limit); anonymous callers are not counted.
+    customer_turns_per_minute: float = 600.0
+    customer_turn_burst: int = 120
+    # Hard cap on stored turns per conversation (customer turns, hand-back notes, messages forwarded to a
+    # human): beyond it the conversation takes no more (ConversationFullError → RESOURCE_EXHAUSTED).
+    max_conversation_messages: int = 1000
 
     @property
     def hard_max_message_chars(self) -> int:
         """Above this a message is refused outright (INVALID_ARGUMENT); between the two the guardrail blocks it."""
         return max(8 * self.max_message_chars, 16_000)
+
+    def __post_init__(self) -> None:
+        if self.turn_deadline_seconds <= 0 or self.turn_lease_seconds <= 0:
+            raise ValueError("turn_deadline_seconds and turn_lease_seconds must be positive")
+        if self.customer_turns_per_minute < 0 or self.customer_turn_burst < 1:
+            raise ValueError("customer_turns_per_minute must be >= 0 and customer_turn_burst >= 1")
+        if self.max_conversation_messages <= self.max_turns:
+            raise ValueError("max_conversation_messages must be larger than max_turns")
 
 
 @dataclass(frozen=True)

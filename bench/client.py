@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import grpc
 
 from bench.stack import CUSTOMER_ID
+from devstack.credentials import caller_interceptors, role_channel
 from support.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -54,7 +55,10 @@ def check_turn(response: agent_pb2.ChatResponse, expect_tool: bool = True) -> st
 
 class AgentClient:
     def __init__(self, addr: str, customer_id: str = CUSTOMER_ID) -> None:
-        self.channel = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+        # Each call carries the devstack credentials of the role it means (backend here).
+        self.channel = grpc.aio.insecure_channel(
+            addr, options=CHANNEL_OPTIONS, interceptors=caller_interceptors()
+        )
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)  # type: ignore[no-untyped-call]
         self.metadata = ((CUSTOMER_KEY, customer_id),)
 
@@ -96,8 +100,8 @@ class BackendClients:
     """Direct calls to retrieval and tools, for the per-hop breakdown."""
 
     def __init__(self, retrieval_addr: str, tools_addr: str, customer_id: str = CUSTOMER_ID) -> None:
-        self.retrieval_channel = grpc.aio.insecure_channel(retrieval_addr)
-        self.tools_channel = grpc.aio.insecure_channel(tools_addr)
+        self.retrieval_channel = role_channel(retrieval_addr)
+        self.tools_channel = role_channel(tools_addr)
         self.retrieval = retrieval_pb2_grpc.RetrievalServiceStub(self.retrieval_channel)  # type: ignore[no-untyped-call]
         self.tools = tools_pb2_grpc.ToolsServiceStub(self.tools_channel)  # type: ignore[no-untyped-call]
         self.metadata = ((CUSTOMER_KEY, customer_id),)

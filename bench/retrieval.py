@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import chromadb
-import grpc
 import numpy as np
 from chromadb.config import Settings
 
+from devstack.credentials import role_channel, shared_test_credentials
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.config import Config
 from retrieval_service.server import start_server
@@ -179,6 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             data_dir=data_dir,
             collection="bench",
             max_batch_documents=max(256, args.batch_size),
+            auth=shared_test_credentials().server_auth(),
         )
         server = await start_server(config, embedding=embedding)
         try:
@@ -187,7 +188,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             raw_chunks = 0
             ingest_seconds = 0.0
             chunks = 0
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            async with role_channel(f"127.0.0.1:{server.port}") as channel:
                 stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
                 for number, start in enumerate(range(0, len(articles), args.batch_size)):
                     batch = articles[start : start + args.batch_size]

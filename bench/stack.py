@@ -119,6 +119,9 @@ class BenchStack(ProcessStack):
             "LOG_LEVEL": log_level,
             # One customer drives every turn; its per-minute tool budget must not cap a throughput run.
             "TOOL_LIMIT_PER_CUSTOMER_PER_MINUTE": "100000000",
+            # ... nor its per-minute turn budget (0: no per-customer turn limit).
+            "CUSTOMER_TURNS_PER_MINUTE": "0",
+            "TOOL_LIMIT_ESCALATIONS_PER_CUSTOMER_PER_MINUTE": "100000000",
         }
         return cls(
             run_dir / "data",

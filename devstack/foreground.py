@@ -6,6 +6,11 @@ empty, starts the agent, prints where everything listens, then waits. Ctrl-C or 
 then the others, each draining in-flight calls. If one service dies, the rest are stopped and the exit status
 is non-zero. The services listen on $<NAME>_ADDR (else their defaults) and keep their data in $DATA_DIR
 (else ./data).
+
+Authentication is on: the first start writes one random token per role to `$DATA_DIR/credentials.json` (0600;
+later starts reuse it), every service reads it through AUTH_CREDENTIALS_FILE, and the grpcurl flags to call
+as each role are printed. support-chat, support-tickets, support-ingest, support-eval and the Python client
+read the same file.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from devstack.credentials import Credentials, new_tokens
 from devstack.health import StackError
 from devstack.processes import ProcessStack
 from devstack.services import REPO_ROOT, SAMPLE_KB, SERVICES
@@ -32,7 +38,24 @@ def foreground_stack() -> ProcessStack:
     """The services on the addresses and DATA_DIR of this environment, writing to this terminal."""
     addrs = {name: os.environ.get(spec.addr_var, spec.default_addr) for name, spec in SERVICES.items()}
     data_dir = Path(os.environ.get("DATA_DIR", str(REPO_ROOT / "data")))
-    return ProcessStack(data_dir, addrs=addrs)
+    return ProcessStack(data_dir, addrs=addrs, credentials=Credentials(new_tokens()))
+
+
+def grpcurl_hints(stack: ProcessStack) -> list[str]:
+    """How to call the stack with grpcurl as each role (the tokens are the developer's own, on their machine)."""
+    credentials = stack.credentials
+    assert credentials is not None
+    agent, tools, retrieval = stack.addrs["agent"], stack.addrs["tools"], stack.addrs["retrieval"]
+    return [
+        f"credentials in {credentials.path} ({'created now' if stack.credentials_created else 'reused'}); "
+        "the CLIs read it. grpcurl flags by role:",
+        f"  backend (as cust-001):  grpcurl -plaintext -H 'authorization: Bearer {credentials.token('backend')}' "
+        f"-H 'x-customer-id: cust-001' {agent} list",
+        f"  staff (helpdesk):       grpcurl -plaintext -H 'authorization: Bearer {credentials.token('staff')}' "
+        f"-H 'x-agent-name: alice' {tools} list",
+        f"  kb_admin (ingest):      grpcurl -plaintext -H 'authorization: Bearer {credentials.token('kb_admin')}' "
+        f"{retrieval} list",
+    ]
 
 
 async def run(kb_dir: Path, ingest: bool) -> int:
@@ -49,6 +72,8 @@ async def run(kb_dir: Path, ingest: bool) -> int:
         return 1
     for name, spec in SERVICES.items():
         logger.info("%-9s %-28s listening on %s", name, spec.grpc_service, stack.addrs[name])
+    for line in grpcurl_hints(stack):
+        logger.info("%s", line)
     logger.info("data in %s; ready. Ctrl-C stops all three.", stack.data_dir)
     while not stopping.is_set():
         dead = stack.exited()

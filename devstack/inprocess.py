@@ -17,6 +17,7 @@ from agent_service.config import Config as AgentConfig
 from agent_service.model_port import ModelPort
 from agent_service.server import StartedServer as AgentStarted
 from agent_service.server import start_server as start_agent_server
+from devstack.credentials import Credentials, caller_interceptors, shared_test_credentials
 from devstack.services import SAMPLE_KB
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.config import Config as RetrievalConfig
@@ -47,11 +48,19 @@ def kb_documents(
 
 
 def retrieval_config(data_dir: Path, /, **overrides: Any) -> RetrievalConfig:
-    return dataclasses.replace(RetrievalConfig(addr=ANY_LOOPBACK_PORT, data_dir=data_dir), **overrides)
+    """Retrieval on port 0 accepting `shared_test_credentials()` (override `auth=` for others)."""
+    config = RetrievalConfig(
+        addr=ANY_LOOPBACK_PORT, data_dir=data_dir, auth=shared_test_credentials().server_auth()
+    )
+    return dataclasses.replace(config, **overrides)
 
 
 def tools_config(data_dir: Path, /, **overrides: Any) -> ToolsConfig:
-    return dataclasses.replace(ToolsConfig(addr=ANY_LOOPBACK_PORT, data_dir=data_dir), **overrides)
+    """Tools on port 0 accepting `shared_test_credentials()` (override `auth=` for others)."""
+    config = ToolsConfig(
+        addr=ANY_LOOPBACK_PORT, data_dir=data_dir, auth=shared_test_credentials().server_auth()
+    )
+    return dataclasses.replace(config, **overrides)
 
 
 def agent_config(
@@ -64,8 +73,10 @@ def agent_config(
     **overrides: Any,
 ) -> AgentConfig:
     """An agent on port 0 that fails fast on its model (no retries, 5 s timeout); `model_base_url` points it at
-    an OpenAI-compatible server (else the offline engine)."""
+    an OpenAI-compatible server (else the offline engine). It accepts `shared_test_credentials()` and calls tools and
+    retrieval with their `service` token."""
     config = AgentConfig(
+        auth=shared_test_credentials().server_auth(outbound_role="service"),
         addr=ANY_LOOPBACK_PORT,
         retrieval_addr=retrieval_addr,
         tools_addr=tools_addr,
@@ -79,9 +90,11 @@ def agent_config(
     return dataclasses.replace(config, **overrides)
 
 
-async def ingest(addr: str, documents: Sequence[retrieval_pb2.Document]) -> None:
-    """IngestDocuments over RPC (the path a real client takes)."""
-    async with grpc.aio.insecure_channel(addr) as channel:
+async def ingest(
+    addr: str, documents: Sequence[retrieval_pb2.Document], credentials: Credentials | None = None
+) -> None:
+    """IngestDocuments over RPC as kb_admin (the path a real client takes)."""
+    async with grpc.aio.insecure_channel(addr, interceptors=caller_interceptors(credentials)) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         await stub.IngestDocuments(retrieval_pb2.IngestDocumentsRequest(documents=documents), timeout=120)
 
@@ -93,6 +106,9 @@ class InProcessStack:
 
     `*_overrides` replace Config fields of that service; `model` injects the agent's model port,
     `model_base_url` an OpenAI-compatible server, `order_backend` the tools service's orders.
+    Every service accepts `credentials` (default `shared_test_credentials()`); `channel()` and the stubs send, per
+    call, the token of the role the call means (`devstack.credentials.role_for_call`) unless it carries its
+    own `authorization`.
     """
 
     data_dir: Path
@@ -104,6 +120,7 @@ class InProcessStack:
     retrieval_overrides: dict[str, Any] = field(default_factory=dict)
     tools_overrides: dict[str, Any] = field(default_factory=dict)
     agent_overrides: dict[str, Any] = field(default_factory=dict)
+    credentials: Credentials = field(default_factory=shared_test_credentials)
     retrieval: RetrievalStarted = field(init=False)
     tools: ToolsStarted = field(init=False)
     agent: AgentStarted = field(init=False)
@@ -131,18 +148,24 @@ class InProcessStack:
         return self
 
     async def _start(self) -> None:
+        accepts = {"auth": self.credentials.server_auth()}
         self.retrieval = await start_retrieval_server(
-            retrieval_config(self.data_dir / "retrieval", **self.retrieval_overrides),
+            retrieval_config(self.data_dir / "retrieval", **{**accepts, **self.retrieval_overrides}),
             embedding=self.embedding or MiniLMEmbedding.shared(),
         )
         self.tools = await start_tools_server(
-            tools_config(self.data_dir / "tools", **self.tools_overrides), order_backend=self.order_backend
+            tools_config(self.data_dir / "tools", **{**accepts, **self.tools_overrides}),
+            order_backend=self.order_backend,
         )
         documents = kb_documents() if self.documents is None else self.documents
         if documents:
-            await ingest(self.retrieval_addr, documents)
+            await ingest(self.retrieval_addr, documents, self.credentials)
         # `agent_overrides` may point the agent elsewhere (a hung or stopped dependency).
-        dials = {"retrieval_addr": self.retrieval_addr, "tools_addr": self.tools_addr}
+        dials = {
+            "retrieval_addr": self.retrieval_addr,
+            "tools_addr": self.tools_addr,
+            "auth": self.credentials.server_auth(outbound_role="service"),
+        }
         self.agent_config = agent_config(
             self.data_dir / "agent", model_base_url=self.model_base_url, **{**dials, **self.agent_overrides}
         )
@@ -171,8 +194,10 @@ class InProcessStack:
         return loopback(self.agent.port)
 
     def channel(self, addr: str, interceptors: Sequence[Any] = ()) -> grpc.aio.Channel:
-        """A channel closed with the stack."""
-        channel = grpc.aio.insecure_channel(addr, interceptors=list(interceptors) or None)
+        """A channel closed with the stack; each call without its own `authorization` carries the token of the
+        role it means (after `interceptors`)."""
+        chain = [*interceptors, *caller_interceptors(self.credentials)]
+        channel = grpc.aio.insecure_channel(addr, interceptors=chain)
         self.channels.append(channel)
         return channel
 

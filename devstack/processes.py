@@ -15,12 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from devstack.credentials import (
+    CREDENTIALS_FILE_NAME,
+    Credentials,
+    ensure_credentials_file,
+    shared_test_credentials,
+)
 from devstack.health import START_TIMEOUT_SECONDS, StackError, free_port, wait_serving
 from devstack.services import REPO_ROOT, SERVICES, ServiceSpec
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT_SECONDS = 15.0
+SAMPLE_LINK_ALLOWLIST = "example.com"
 LOG_TAIL_CHARS = 3000
 # Settings a developer's shell may hold that must not reach an isolated stack (real keys, shared stores,
 # addresses and limits of another stack).
@@ -30,6 +37,7 @@ FOREIGN_PREFIXES = (
     "REDIS_",
     "OTEL_",
     "SERVICE_AUTH_",
+    "AUTH_",
     "AGENT_",
     "RETRIEVAL_",
     "TOOLS_",
@@ -83,6 +91,10 @@ class ProcessStack:
     address; missing ones get a free loopback port. With `log_dir`, each service appends stdout and stderr to
     `<log_dir>/<name>.log`; without, they write to this process's terminal.
 
+    Credentials: `<data_dir>/credentials.json` (0600), written on first use (from `credentials`, default
+    `shared_test_credentials()`) and reused afterwards; every service and the ingest get AUTH_CREDENTIALS_FILE
+    pointing at it (`env` may override it). `self.credentials` holds the tokens in use.
+
     `async with` stops whatever is still running on exit.
     """
 
@@ -93,9 +105,15 @@ class ProcessStack:
     log_dir: Path | None = None
     start_timeout: float = START_TIMEOUT_SECONDS
     running: dict[str, RunningService] = field(default_factory=dict)
+    credentials: Credentials | None = None
+    credentials_created: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        tokens = (self.credentials or shared_test_credentials()).tokens
+        self.credentials, self.credentials_created = ensure_credentials_file(
+            self.data_dir / CREDENTIALS_FILE_NAME, tokens
+        )
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in SERVICES:
@@ -118,6 +136,10 @@ class ProcessStack:
         env = dict(os.environ if self.environ is None else self.environ)
         env.update({SERVICES[name].addr_var: addr for name, addr in self.addrs.items()})
         env.update(DATA_DIR=str(self.data_dir), PYTHONUNBUFFERED="1")
+        # The sample help center's own domain: the operator's link allow-list of the demo store.
+        env.setdefault("LINK_ALLOWLIST", SAMPLE_LINK_ALLOWLIST)
+        assert self.credentials is not None and self.credentials.path is not None
+        env.update(AUTH_CREDENTIALS_FILE=str(self.credentials.path))
         env.update(self.env)
         env.update(overrides or {})
         return env

@@ -124,13 +124,59 @@ def split_front_matter(text: str) -> tuple[dict[str, str], str]:
     return {}, stripped
 
 
+# Inline styles that hide an element's text from a reader (display:none, visibility:hidden/collapse, zero
+# font size, zero opacity, clipped to nothing).
+_HIDING_STYLE = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*(?:hidden|collapse)|font-size\s*:\s*0(?:\.0*)?(?:px|em|rem|pt|%)?\s*(?:;|!|$)"
+    r"|opacity\s*:\s*0(?:\.0*)?\s*(?:;|!|$)|clip-path\s*:\s*inset\(\s*50%",
+    re.IGNORECASE,
+)
+# Elements without an end tag: they never open a hidden region.
+_VOID_TAGS = frozenset(
+    {
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+    }
+)
+
+
+def _hides(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    """Whether the element's text is invisible to a reader: `hidden`, `aria-hidden="true"`, a hiding inline
+    style. (Text no reader sees must not reach the knowledge base: it is where injected instructions hide.)"""
+    for name, value in attrs:
+        name = name.lower()
+        if name == "hidden":
+            return True
+        if name == "aria-hidden" and (value or "").strip().lower() == "true":
+            return True
+        if name == "style" and value and _HIDING_STYLE.search(value):
+            return True
+    return False
+
+
 class _HtmlToText(HTMLParser):
-    """HTML → Markdown-ish text: h1-h6 become # headings, blocks become paragraphs, scripts dropped."""
+    """HTML → Markdown-ish text: h1-h6 become # headings, blocks become paragraphs. Only text a reader sees is
+    kept: scripts, styles, templates, comments, SVG/MathML (their <title>/<desc> tooltips included), and elements
+    hidden by `hidden`, `aria-hidden="true"` or an inline style are dropped with everything inside them."""
 
     _BLOCKS = frozenset(
         {"p", "div", "section", "article", "ul", "ol", "table", "tr", "br", "blockquote", "pre", "hr"}
     )
     _SKIP = frozenset({"script", "style", "noscript", "template", "head"})
+    # Dropped whole, <title> included (an <svg><title> is a tooltip, not the page title).
+    _FOREIGN = frozenset({"svg", "math", "iframe", "object"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -139,8 +185,18 @@ class _HtmlToText(HTMLParser):
         self._skip_depth = 0
         self._in_title = False
         self._heading_level = 0
+        # The element that opened a hidden region, and how deeply it is nested inside itself.
+        self._hidden_tag = ""
+        self._hidden_nesting = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._hidden_tag:
+            if tag == self._hidden_tag and tag not in _VOID_TAGS:
+                self._hidden_nesting += 1
+            return
+        if tag not in _VOID_TAGS and (tag in self._FOREIGN or _hides(tag, attrs)):
+            self._hidden_tag, self._hidden_nesting = tag, 1
+            return
         if tag == "title":
             self._in_title = True
         elif tag in self._SKIP:
@@ -153,7 +209,20 @@ class _HtmlToText(HTMLParser):
         elif tag in self._BLOCKS:
             self.parts.append("\n\n")
 
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        # <div hidden/> opens and closes at once: nothing inside it to hide.
+        if self._hidden_tag or tag in self._FOREIGN or _hides(tag, attrs):
+            return
+        self.handle_starttag(tag, attrs)
+        self.handle_endtag(tag)
+
     def handle_endtag(self, tag: str) -> None:
+        if self._hidden_tag:
+            if tag == self._hidden_tag:
+                self._hidden_nesting -= 1
+                if self._hidden_nesting == 0:
+                    self._hidden_tag = ""
+            return
         if tag == "title":
             self._in_title = False
         elif tag in self._SKIP:
@@ -165,6 +234,8 @@ class _HtmlToText(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_data(self, data: str) -> None:
+        if self._hidden_tag:
+            return
         if self._in_title:
             self.title += data
         elif self._skip_depth == 0:
@@ -172,6 +243,9 @@ class _HtmlToText(HTMLParser):
             if self._heading_level:
                 text = text.strip()
             self.parts.append(text)
+
+    def handle_comment(self, data: str) -> None:
+        """Comments are never text (explicit: a subclass of HTMLParser could otherwise keep them)."""
 
 
 def html_to_text(html: str) -> tuple[str, str]:

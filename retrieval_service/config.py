@@ -9,6 +9,8 @@ from pathlib import Path
 
 from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
+from service_kit.grpc_server import ServerLimits
+from service_kit.tls import TlsConfig
 
 DEFAULT_ADDR = "127.0.0.1:50052"
 # Calibrated on the sample KB (docs/retrieval.md): on-topic questions score <= ~0.55, off-topic >= ~0.75.
@@ -34,8 +36,12 @@ class Config:
     embed_threads: int = 1
     extra_filter_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
-    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS); off by default.
+    # Principals (service_kit.auth): AUTH_CREDENTIALS_FILE / AUTH_TOKENS_<ROLE>, or AUTH_DISABLED=true.
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # TLS_CERT_FILE/TLS_KEY_FILE (+ TLS_CLIENT_CA_FILE: mTLS), callers TLS_CA_FILE; unset: plaintext.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_RPCS.
+    grpc_limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -59,6 +65,8 @@ class Config:
             extra_filter_keys=env_list("RETRIEVAL_FILTER_KEYS", (), env),
             log_level=env_str("LOG_LEVEL", "INFO", env),
             auth=AuthConfig.from_env(env),
+            tls=TlsConfig.from_env(env),
+            grpc_limits=ServerLimits.from_env(env),
         )
         if config.max_distance > 2.0:
             raise ConfigError(f"RETRIEVAL_MAX_DISTANCE={config.max_distance} must be <= 2 (cosine distance)")

@@ -201,13 +201,14 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     totals = Totals()
     try:
-        auth_config = auth.AuthConfig.from_env()
+        # kb_admin: AUTH_TOKEN, AUTH_TOKENS_KB_ADMIN or AUTH_CREDENTIALS_FILE (default data/credentials.json).
+        auth_config = auth.AuthConfig.for_caller(auth.KB_ADMIN)
     except ConfigError as error:
         print(f"support-ingest: configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
     sources = discover(args.paths, args.id_prefix, totals)
     with grpc.insecure_channel(args.addr) as raw_channel:
-        # Sends `authorization: Bearer $SERVICE_AUTH_TOKEN` when service authentication is configured.
+        # Every call carries the kb_admin token.
         channel = auth.intercept_sync_channel(raw_channel, auth_config)
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         try:

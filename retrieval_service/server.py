@@ -15,7 +15,7 @@ from retrieval_service.chunking import ChunkingOptions
 from retrieval_service.config import Config
 from retrieval_service.errors import EmbeddingMismatchError, StoreUnavailableError
 from retrieval_service.knowledge_base import DEFAULT_FILTER_KEYS, KnowledgeBase, Limits
-from retrieval_service.servicer import RetrievalServicer
+from retrieval_service.servicer import PERMISSIONS, RetrievalServicer
 from service_kit import lifecycle
 from service_kit.grpc_server import new_server, set_status
 from service_kit.lifecycle import closing_on_error, start_serving
@@ -105,7 +105,9 @@ async def start_server(config: Config, embedding: MiniLMEmbedding | None = None)
     async with closing_on_error([]) as closers:
         kb = await asyncio.to_thread(build_knowledge_base, config, embedding)
         closers.append(kb.close)
-        server, health_servicer = new_server([SERVICE_NAME], config.auth)
+        server, health_servicer = new_server(
+            [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
+        )
         store_health = StoreHealth(kb, health_servicer)
         closers.append(store_health.close)  # stops the probe before the store it reads is closed
         servicer = RetrievalServicer(kb, store_health.store_down)

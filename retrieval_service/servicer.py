@@ -17,6 +17,7 @@ from retrieval_service.errors import (
 )
 from retrieval_service.knowledge_base import DocumentIn, KnowledgeBase, Outcome
 from retrieval_service.metrics import observe_retrieval_distances
+from service_kit import auth
 from service_kit.codes import DOCUMENT_OUTCOME
 from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
@@ -51,6 +52,22 @@ def error_guard(store_down: StoreDown) -> ErrorGuard:
         internal_message="internal error in the retrieval service",
         logger=logger,
     )
+
+
+# Who may call what (enforced by service_kit.auth's interceptor before any handler runs).
+PERMISSIONS = auth.PermissionTable(
+    retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name,
+    {
+        "Search": auth.allow(
+            auth.SERVICE, auth.BACKEND, auth.STAFF, auth.KB_ADMIN, service_needs_customer=False
+        ),
+        "GetStats": auth.allow(
+            auth.SERVICE, auth.BACKEND, auth.STAFF, auth.KB_ADMIN, service_needs_customer=False
+        ),
+        "IngestDocuments": auth.allow(auth.KB_ADMIN),
+        "DeleteDocuments": auth.allow(auth.KB_ADMIN),
+    },
+)
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):

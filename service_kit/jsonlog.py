@@ -1,8 +1,16 @@
-"""JSON log lines on stdout: one object per line with time, severity, logger and message."""
+"""JSON log lines on stdout: one object per line with time, severity, logger and message.
+
+Every string is redacted (service_kit.redact). Identifiers a caller chooses and that can carry personal data
+(conversation ids, request ids, turn ids: someone will use an e-mail address as one) are logged as
+`log_id(value)`, a short SHA-256 digest: the same id always gives the same digest, so an operator can still
+follow one conversation through the logs (`python -m service_kit.jsonlog <id>` prints the digest to grep for),
+but the id itself is never written.
+"""
 
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import logging
 import sys
@@ -13,6 +21,24 @@ from service_kit.redact import redact
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 conversation_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("conversation_id", default="")
+
+# Fields logged as their digest, wherever they come from (the bound context or `extra=`).
+HASHED_FIELDS = frozenset({"conversation_id", "request_id", "turn_id"})
+LOG_ID_PREFIX = "h:"
+
+
+def log_id(value: str) -> str:
+    """The digest an identifier is logged as: ``h:`` and the first 16 hex digits of its SHA-256."""
+    return LOG_ID_PREFIX + hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+
+
+def _hashed(value: Any) -> Any:
+    if isinstance(value, str):
+        return log_id(value) if value else value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_hashed(item) for item in value]
+    return _redacted(value)
+
 
 # LogRecord attributes that are not user-supplied `extra=` fields.
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -44,12 +70,12 @@ class JsonFormatter(logging.Formatter):
             "message": redact(record.getMessage()),
         }
         if request_id := request_id_var.get():
-            entry["request_id"] = request_id
+            entry["request_id"] = log_id(request_id)
         if conversation_id := conversation_id_var.get():
-            entry["conversation_id"] = conversation_id
+            entry["conversation_id"] = log_id(conversation_id)
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                entry[key] = _redacted(value)
+                entry[key] = _hashed(value) if key in HASHED_FIELDS else _redacted(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -62,3 +88,8 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+if __name__ == "__main__":
+    for identifier in sys.argv[1:]:
+        print(f"{identifier}\t{log_id(identifier)}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -38,6 +38,7 @@ from service_kit.text_normalise import fold_characters, normalise_for_matching, 
 DEFAULT_THRESHOLD: Final[float] = 0.7
 MIN_SQUASHED_LETTERS: Final[int] = 14
 MAX_SEGMENTS: Final[int] = 24
+MIN_SEGMENT_WORDS: Final[int] = 3
 _WINDOW_WORDS: Final[int] = 40
 _CACHE_SIZE: Final[int] = 4096
 _SENTENCE: Final[re.Pattern[str]] = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -63,6 +64,16 @@ class Match:
     score: float  # 1.0 for a lexical match, else cosine similarity to the nearest example
     nearest_example: str  # the example as written in the file
     lexical: bool = False
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What :meth:`SemanticMatcher.segment_scores` found for one text."""
+
+    normalised: str
+    lexical: list[Match]
+    segments: list[str]  # normalised segments that were embedded (empty when skipped)
+    similarity: npt.NDArray[np.float32]  # segments x examples cosine similarities
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,10 @@ class SemanticMatcher:
         self._cache: OrderedDict[str, Vector] = OrderedDict()
         self._lock = threading.Lock()
 
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
     @classmethod
     def from_yaml(
         cls, path: Path, embedder: Embedder, default_threshold: float = DEFAULT_THRESHOLD
@@ -161,12 +176,10 @@ class SemanticMatcher:
 
     def scores(self, text: str) -> list[Match]:
         """The best match of every label (lexical or semantic), best first."""
-        normalised = self.normalise(text)
-        best = {match.label: match for match in self._lexical(normalised, squash(normalised))}
-        segments = _segments(normalised)
-        if segments:
-            similarity = np.vstack(self._vectors(segments)) @ self._matrix.T  # segments x examples
-            per_example = similarity.max(axis=0)
+        scored = self.segment_scores(text)
+        best = {match.label: match for match in scored.lexical}
+        if scored.segments:
+            per_example = scored.similarity.max(axis=0)
             for index, label in enumerate(self.labels):
                 if label in best:
                     continue
@@ -174,6 +187,29 @@ class SemanticMatcher:
                 top = int(candidates[np.argmax(per_example[candidates])])
                 best[label] = Match(label, float(per_example[top]), self._examples[top].text)
         return sorted(best.values(), key=lambda match: match.score, reverse=True)
+
+    def segment_scores(self, text: str, decisive_labels: Collection[str] = ()) -> Scored:
+        """Lexical matches plus, per segment (the whole short text, each sentence, windows over long
+        ones), the cosine similarity to every example. A lexical match of one of ``decisive_labels``
+        answers alone: no model call, no segments."""
+        normalised = self.normalise(text)
+        lexical = self._lexical(normalised, squash(normalised))
+        if any(match.label in decisive_labels for match in lexical):
+            return Scored(normalised, lexical, [], np.zeros((0, len(self._examples)), np.float32))
+        segments = _segments(normalised)
+        if not segments:
+            return Scored(normalised, lexical, [], np.zeros((0, len(self._examples)), np.float32))
+        similarity = np.vstack(self._vectors(segments)) @ self._matrix.T  # segments x examples
+        return Scored(normalised, lexical, segments, similarity)
+
+    def best_per_label(self, row: npt.NDArray[np.float32]) -> dict[str, tuple[float, str]]:
+        """For one row of :attr:`Scored.similarity`: label -> (best score, nearest example as written)."""
+        out: dict[str, tuple[float, str]] = {}
+        for index, label in enumerate(self.labels):
+            candidates = np.flatnonzero(self._label_of == index)
+            top = int(candidates[np.argmax(row[candidates])])
+            out[label] = (float(row[top]), self._examples[top].text)
+        return out
 
     def match(self, text: str) -> list[Match]:
         """Labels whose best score reaches their threshold, best first."""
@@ -199,18 +235,28 @@ def _phrase(normalised: str) -> str:
 
 
 def _segments(normalised: str) -> list[str]:
-    """The whole text (if short), its sentences, and windows over long sentences; at most MAX_SEGMENTS."""
+    """The whole text (if short), its sentences of at least MIN_SEGMENT_WORDS words, and windows over long
+    sentences. A text with more than
+    MAX_SEGMENTS of those is covered by at most MAX_SEGMENTS overlapping windows over all of it instead, so
+    the end of a long text is never left unchecked."""
     words = normalised.split()
     if not words:
         return []
-    segments: list[str] = []
+    segments: dict[str, None] = {}
     if len(words) <= _WINDOW_WORDS:
-        segments.append(" ".join(words))
+        segments[" ".join(words)] = None
+    step = _WINDOW_WORDS // 2
     for sentence in _SENTENCE.split(normalised):
         sentence_words = sentence.split()
-        step = _WINDOW_WORDS // 2
+        # Numbers and order ids carry no intent: "conversation 5, question 0" is two words, not four.
+        if sum(1 for word in sentence_words if any(char.isalpha() for char in word)) < MIN_SEGMENT_WORDS:
+            continue  # "system:", "is it ai?": too short to carry an intent alone (the whole text has them)
         for start in range(0, max(1, len(sentence_words) - step), step):
             window = " ".join(sentence_words[start : start + _WINDOW_WORDS])
-            if window and window not in segments:
-                segments.append(window)
-    return segments[:MAX_SEGMENTS]
+            if window:
+                segments[window] = None
+    if len(segments) <= MAX_SEGMENTS:
+        return list(segments)
+    size = max(_WINDOW_WORDS, 2 * -(-len(words) // MAX_SEGMENTS))
+    step = size // 2
+    return [" ".join(words[start : start + size]) for start in range(0, max(1, len(words) - step), step)]

@@ -152,6 +152,9 @@ def _unleet_word(token: str, words: Collection[str]) -> str:
         else:
             letters.append(_LEET.get(char, char))
     folded = "".join(letters)
+    if folded not in words and "1" in core:
+        # "1" is ambiguous (i or l): prefer the reading that is a word ("gu1d3l1n35" -> "guidelines").
+        folded = _word_reading(letters, [i for i, char in enumerate(core) if char == "1"], words) or folded
     interior = any(
         char in _LEET_CHARS and core[index - 1].isalpha() and core[index + 1].isalpha()
         for index, char in enumerate(core[1:-1], start=1)
@@ -159,6 +162,20 @@ def _unleet_word(token: str, words: Collection[str]) -> str:
     if interior or folded in words:
         return token.replace(core, folded, 1)
     return token
+
+
+def _word_reading(letters: list[str], ones: list[int], words: Collection[str]) -> str | None:
+    """The first i/l reading of the "1"s at `ones` that is a dictionary word (at most 16 tried)."""
+    if len(ones) > 4:
+        return None
+    for mask in range(1 << len(ones)):
+        candidate = list(letters)
+        for bit, index in enumerate(ones):
+            candidate[index] = "l" if mask >> bit & 1 else "i"
+        word = "".join(candidate)
+        if word in words:
+            return word
+    return None
 
 
 def _unleet(text: str, words: Collection[str]) -> str:
@@ -193,6 +210,12 @@ def _join_split_words(line: str, words: Collection[str], keywords: Collection[st
     return " ".join(out)
 
 
+@functools.lru_cache(maxsize=16)
+def _with_keywords(keywords: frozenset[str]) -> frozenset[str]:
+    """The dictionary plus a caller's keywords, built once per keyword set (not per message)."""
+    return dictionary() | keywords if keywords else dictionary()
+
+
 def normalise_for_matching(text: str, keywords: Collection[str] = ()) -> str:
     """The canonical form patterns and examples are matched on (see the module docstring).
 
@@ -200,7 +223,7 @@ def normalise_for_matching(text: str, keywords: Collection[str] = ()) -> str:
     space is rejoined when the joined form is one of them, even if both halves are words themselves.
     """
     words = dictionary()
-    vocabulary: Collection[str] = words | frozenset(keywords) if keywords else words
+    vocabulary = _with_keywords(keywords if isinstance(keywords, frozenset) else frozenset(keywords))
     text = fold_characters(text)
     lines: list[str] = []
     for raw in text.splitlines():

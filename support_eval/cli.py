@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from service_kit import auth
+from service_kit.env import ConfigError
 from support_eval import driver, kb, report, scorer
 from support_eval.records import ConversationRecord
 from support_eval.suite import Suite, SuiteError, load_suite
@@ -107,8 +109,10 @@ def _say(message: str) -> None:
     print(f"[eval] {message}", file=sys.stderr, flush=True)
 
 
-async def _ingest(retrieval_addr: str, files: Sequence[kb.KbFile], prune: bool) -> None:
-    summary = await kb.ingest(retrieval_addr, files, prune_others=prune)
+async def _ingest(
+    retrieval_addr: str, files: Sequence[kb.KbFile], prune: bool, auth_config: auth.AuthConfig
+) -> None:
+    summary = await kb.ingest(retrieval_addr, files, prune_others=prune, auth_config=auth_config)
     _say(
         f"ingested {summary.documents} documents into {retrieval_addr}: {summary.added} added, "
         f"{summary.updated} updated, {summary.unchanged} unchanged, {len(summary.rejected)} rejected"
@@ -154,24 +158,40 @@ async def collect(
     count = len(args.only) if args.only else len(suite.conversations)
     try:
         if args.target:
+            # Someone else's stack: the tokens from AUTH_TOKEN / AUTH_TOKENS_<ROLE> / AUTH_CREDENTIALS_FILE.
             if not args.no_ingest:
-                await _ingest(args.retrieval_addr, files, args.prune)
+                kb_admin = auth.AuthConfig.for_caller(auth.KB_ADMIN)
+                await _ingest(args.retrieval_addr, files, args.prune, kb_admin)
             _say(f"running {count} conversations against {args.target}")
             records = await driver.run_suite(
-                suite, args.target, run_id, args.timeout, args.concurrency, args.only
+                suite,
+                args.target,
+                run_id,
+                args.timeout,
+                args.concurrency,
+                args.only,
+                auth_config=auth.AuthConfig.for_caller(auth.BACKEND),
             )
             return records, args.target
         _say("starting a private stack (retrieval, tools, agent) ...")
         async with private_stack(extra_env, keep_dir=args.keep_data) as stack:
-            await _ingest(stack.addrs["retrieval"], files, prune=False)
+            credentials = stack.credentials
+            assert credentials is not None
+            await _ingest(stack.addrs["retrieval"], files, False, credentials.caller(auth.KB_ADMIN))
             await stack.start("agent")
             agent_addr = stack.addrs["agent"]
             _say(f"running {count} conversations against {agent_addr}")
             records = await driver.run_suite(
-                suite, agent_addr, run_id, args.timeout, args.concurrency, args.only
+                suite,
+                agent_addr,
+                run_id,
+                args.timeout,
+                args.concurrency,
+                args.only,
+                auth_config=credentials.caller(auth.BACKEND),
             )
             return records, "private stack"
-    except kb.KnowledgeBaseError as error:
+    except (kb.KnowledgeBaseError, ConfigError) as error:
         raise EvalError(str(error)) from error
     except (grpc.aio.AioRpcError, TimeoutError) as error:
         raise EvalError(f"cannot reach the agent: {error}") from error

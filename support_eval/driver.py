@@ -24,6 +24,9 @@ from support_eval.suite import ConversationSpec, Suite
 
 CHAT_TIMEOUT_SECONDS = 60.0
 
+# Callers that send no token (a stack without authentication, e.g. a test double).
+NO_CREDENTIALS = auth.AuthConfig()
+
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
@@ -100,13 +103,16 @@ async def run_suite(
     call_timeout: float = CHAT_TIMEOUT_SECONDS,
     concurrency: int = 1,
     only: Sequence[str] = (),
+    *,
+    auth_config: auth.AuthConfig = NO_CREDENTIALS,
 ) -> list[ConversationRecord]:
-    """Conversations run `concurrency` at a time (turns within one always in order); results in suite order."""
+    """Conversations run `concurrency` at a time (turns within one always in order); results in suite order.
+    `auth_config`: the caller's credentials (the `backend` role; the customer is each conversation's)."""
     run_id = run_id or new_run_id()
     specs = [spec for spec in suite.conversations if not only or spec.id in only]
     limit = asyncio.Semaphore(max(1, concurrency))
     async with grpc.aio.insecure_channel(
-        agent_addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
+        agent_addr, interceptors=auth.client_interceptors(auth_config)
     ) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=call_timeout)
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]

@@ -20,6 +20,9 @@ KB_EXTENSIONS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".h
 BATCH_BYTES = 2 * 1024 * 1024
 INGEST_TIMEOUT_SECONDS = 300.0
 
+# Callers that send no token (a stack without authentication, e.g. a test double).
+NO_CREDENTIALS = auth.AuthConfig()
+
 
 class KnowledgeBaseError(RuntimeError):
     """The KB folder cannot be read, or the retrieval service refused it."""
@@ -89,12 +92,15 @@ async def ingest(
     files: Sequence[KbFile],
     prune_others: bool = False,
     call_timeout: float = INGEST_TIMEOUT_SECONDS,
+    *,
+    auth_config: auth.AuthConfig = NO_CREDENTIALS,
 ) -> IngestSummary:
-    """Upserts `files`; with prune_others, deletes every other document of the collection afterwards."""
+    """Upserts `files`; with prune_others, deletes every other document of the collection afterwards.
+    `auth_config`: the caller's credentials (the `kb_admin` role)."""
     added = updated = unchanged = deleted = 0
     rejected: list[str] = []
     async with grpc.aio.insecure_channel(
-        retrieval_addr, interceptors=auth.client_interceptors(auth.AuthConfig.from_env())
+        retrieval_addr, interceptors=auth.client_interceptors(auth_config)
     ) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         try:

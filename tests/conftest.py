@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from devstack import free_port
+from devstack.credentials import shared_test_credentials
 
 if TYPE_CHECKING:
     from retrieval_service.adapters.embedding import MiniLMEmbedding
@@ -18,6 +19,18 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.security.pii_plugin"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's test credentials (devstack.credentials.shared_test_credentials) in a 0600 file named by
+    AUTH_CREDENTIALS_FILE, as `make run` does for a developer: the CLIs, support-eval and the Python client run
+    by the tests read it. A test about missing credentials removes the variable itself."""
+    path = tmp_path_factory.mktemp("credentials") / "credentials.json"
+    shared_test_credentials().write(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUTH_CREDENTIALS_FILE", str(path))
+        yield path
 
 
 @pytest.fixture

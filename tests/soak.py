@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from devstack import SAMPLE_KB, ProcessStack, StackError, isolated_environ
+from devstack.credentials import role_channel
 from devstack.loop_thread import LoopThread
 from support.v1 import agent_pb2, agent_pb2_grpc
 from testkit.scripted_openai import (
@@ -131,7 +132,7 @@ def rss_kib(stack: ProcessStack, name: str) -> int:
 async def drive(stack: ProcessStack, seconds: float, rate: float, stats: Stats) -> None:
     rng = random.Random(7)
     interval = 1.0 / rate
-    async with grpc.aio.insecure_channel(stack.addrs["agent"]) as channel:
+    async with role_channel(stack.addrs["agent"], stack.credentials) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         start = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()

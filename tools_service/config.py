@@ -9,6 +9,8 @@ from pathlib import Path
 
 from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_bool, env_float, env_int, env_opt, env_str
+from service_kit.grpc_server import ServerLimits
+from service_kit.tls import TlsConfig
 
 DEFAULT_ADDR = "127.0.0.1:50053"
 DEFAULT_ORDER_ID_PATTERN = r"^ORD-\d{5}$"
@@ -26,6 +28,10 @@ class Config:
     limit_per_conversation: int = 20
     limit_per_customer_per_minute: int = 30
     limit_identical_calls: int = 3
+    # New helpdesk tickets a customer may open per minute (EscalateToHuman and the escalate_to_human tool).
+    limit_escalations_per_customer_per_minute: int = 30
+    # Messages a ticket takes (customer and human agent together); more are RESOURCE_EXHAUSTED.
+    ticket_max_messages: int = 500
     order_backend: str = "sqlite"
     order_api_url: str | None = None
     # "Header-Name: value", e.g. "Authorization: Bearer s3cret".
@@ -34,8 +40,12 @@ class Config:
     order_api_retries: int = 2
     # Seed the demo orders into an empty SQLite order store on start.
     seed_demo_data: bool = True
-    # Service authentication (SERVICE_AUTH_TOKEN / SERVICE_AUTH_TOKENS); off by default.
+    # Principals (service_kit.auth): AUTH_CREDENTIALS_FILE / AUTH_TOKENS_<ROLE>, or AUTH_DISABLED=true.
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # TLS_CERT_FILE/TLS_KEY_FILE (+ TLS_CLIENT_CA_FILE: mTLS), callers TLS_CA_FILE; unset: plaintext.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    # GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_RPCS.
+    grpc_limits: ServerLimits = field(default_factory=ServerLimits)
 
     @property
     def db_path(self) -> Path:
@@ -71,6 +81,10 @@ class Config:
                 "TOOL_LIMIT_PER_CUSTOMER_PER_MINUTE", 30, environ, minimum=1
             ),
             limit_identical_calls=env_int("TOOL_LIMIT_IDENTICAL_CALLS", 3, environ, minimum=1),
+            limit_escalations_per_customer_per_minute=env_int(
+                "TOOL_LIMIT_ESCALATIONS_PER_CUSTOMER_PER_MINUTE", 30, environ, minimum=1
+            ),
+            ticket_max_messages=env_int("TICKET_MAX_MESSAGES", 500, environ, minimum=1),
             order_backend=backend,
             order_api_url=api_url,
             order_api_auth_header=auth_header,
@@ -78,4 +92,6 @@ class Config:
             order_api_retries=env_int("ORDER_API_RETRIES", 2, environ, minimum=0),
             seed_demo_data=env_bool("TOOLS_SEED_DEMO_DATA", True, environ),
             auth=AuthConfig.from_env(environ),
+            tls=TlsConfig.from_env(environ),
+            grpc_limits=ServerLimits.from_env(environ),
         )

@@ -1,10 +1,12 @@
 """Tool-call limits, in memory per process (replicas each count on their own; a replicated deployment would
 move these counters to Redis).
 
-Three limits, checked before a call runs and counted only when it is allowed:
-- calls per conversation,
+Three limits, checked once a call is valid (its caller, tool and arguments) and counted only when it is allowed:
+- calls per conversation, keyed by (customer, conversation): another customer sending the same conversation id
+  has its own budget and cannot exhaust this one,
 - calls per customer in a sliding 60-second window (anonymous callers are not counted here),
 - identical calls (same tool, same canonical arguments) per conversation.
+`WindowLimiter` is the per-customer sliding window alone (EscalateToHuman's new tickets per minute).
 
 Counters of a conversation idle for `idle_seconds` (default 24 h), and empty customer windows, are forgotten so
 that a long-running process does not grow without bound.
@@ -52,7 +54,7 @@ class CallLimiter:
         self._clock = clock
         self._idle = idle_seconds
         # Least recently used first, so idle conversations are pruned from the front.
-        self._conversations: OrderedDict[str, _Conversation] = OrderedDict()
+        self._conversations: OrderedDict[tuple[str, str], _Conversation] = OrderedDict()
         self._customers: OrderedDict[str, deque[float]] = OrderedDict()
 
     def _prune(self, now: float) -> None:
@@ -71,7 +73,8 @@ class CallLimiter:
         """Counts one call, or raises RateLimitedError (nothing counted) when any limit would be exceeded."""
         now = self._clock()
         self._prune(now)
-        conversation = self._conversations.get(conversation_id) if conversation_id else None
+        conversation_key = (customer_id, conversation_id)
+        conversation = self._conversations.get(conversation_key) if conversation_id else None
         identical_key = (tool_name, arguments_key)
         if conversation is not None:
             if conversation.calls >= self._limits.per_conversation:
@@ -100,11 +103,11 @@ class CallLimiter:
                 )
         if conversation_id:
             if conversation is None:
-                conversation = self._conversations[conversation_id] = _Conversation(last_seen=now)
+                conversation = self._conversations[conversation_key] = _Conversation(last_seen=now)
             conversation.last_seen = now
             conversation.calls += 1
             conversation.identical[identical_key] += 1
-            self._conversations.move_to_end(conversation_id)
+            self._conversations.move_to_end(conversation_key)
         if customer_id:
             if window is None:
                 window = self._customers[customer_id] = deque()
@@ -114,3 +117,50 @@ class CallLimiter:
     def tracked(self) -> tuple[int, int]:
         """(conversations, customers) currently held in memory."""
         return len(self._conversations), len(self._customers)
+
+
+class WindowLimiter:
+    """At most `per_minute` events per key in a sliding 60-second window: `check` before the work (raises
+    RateLimitedError with the seconds to wait), `record` once it happened. Empty windows are forgotten."""
+
+    def __init__(
+        self, per_minute: int, limit: str, what: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._per_minute = per_minute
+        self._limit = limit
+        self._what = what
+        self._clock = clock
+        self._windows: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _window(self, key: str, now: float) -> deque[float] | None:
+        while self._windows:
+            oldest = next(iter(self._windows.values()))
+            if oldest and oldest[-1] > now - WINDOW_SECONDS:
+                break
+            self._windows.popitem(last=False)
+        window = self._windows.get(key)
+        while window and window[0] <= now - WINDOW_SECONDS:
+            window.popleft()
+        return window
+
+    def check(self, key: str) -> None:
+        now = self._clock()
+        window = self._window(key, now)
+        if window is not None and len(window) >= self._per_minute:
+            retry_after = max(1, math.ceil(window[0] + WINDOW_SECONDS - now))
+            raise RateLimitedError(
+                f"Too many {self._what} for this customer; try again in {retry_after} seconds.",
+                limit=self._limit,
+                retry_after_seconds=retry_after,
+            )
+
+    def record(self, key: str) -> None:
+        now = self._clock()
+        window = self._window(key, now)
+        if window is None:
+            window = self._windows[key] = deque()
+        window.append(now)
+        self._windows.move_to_end(key)
+
+    def tracked(self) -> int:
+        return len(self._windows)

@@ -13,9 +13,9 @@ from tools_service.adapters.sqlite_db import SqliteDatabase
 from tools_service.adapters.sqlite_orders import SqliteOrderBackend
 from tools_service.adapters.sqlite_tickets import SqliteTicketStore
 from tools_service.config import Config
-from tools_service.limits import CallLimiter, Limits
+from tools_service.limits import CallLimiter, Limits, WindowLimiter
 from tools_service.orders import OrderBackend, OrderService
-from tools_service.servicer import ToolsServicer
+from tools_service.servicer import PERMISSIONS, ToolsServicer
 from tools_service.tickets import TicketService
 from tools_service.tools import ToolRunner
 
@@ -55,7 +55,16 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
             order_backend = await _configured_order_backend(config, db)
         closers.append(order_backend.close)
         orders = OrderService(order_backend, config.order_id_pattern, config.tool_timeout_seconds)
-        tickets = TicketService(SqliteTicketStore(db), config.tool_timeout_seconds)
+        tickets = TicketService(
+            SqliteTicketStore(db),
+            config.tool_timeout_seconds,
+            max_messages=config.ticket_max_messages,
+            escalation_limiter=WindowLimiter(
+                config.limit_escalations_per_customer_per_minute,
+                "escalations_per_customer_per_minute",
+                "new tickets",
+            ),
+        )
         limiter = CallLimiter(
             Limits(
                 per_conversation=config.limit_per_conversation,
@@ -64,7 +73,9 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
             )
         )
         runner = ToolRunner(orders, tickets, limiter, config.order_id_pattern)
-        server, health_servicer = new_server([SERVICE_NAME], config.auth)
+        server, health_servicer = new_server(
+            [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
+        )
         tools_pb2_grpc.add_ToolsServiceServicer_to_server(ToolsServicer(runner, orders, tickets), server)  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
     logger.info(

@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from service_kit import auth
 from service_kit.codes import (
     ESCALATION_REASON,
     MESSAGE_AUTHOR,
@@ -19,7 +20,6 @@ from service_kit.codes import (
     TOOL_ERROR_CODE,
 )
 from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
-from service_kit.metadata import CUSTOMER_ID_KEY, metadata_value
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
 from tools_service.errors import (
     BackendTimeoutError,
@@ -34,12 +34,11 @@ from tools_service.errors import (
     UnauthenticatedError,
 )
 from tools_service.orders import OrderService
-from tools_service.tickets import Source, Ticket, TicketService, validate_escalation
+from tools_service.tickets import Caller, Source, Ticket, TicketService, validate_escalation
 from tools_service.tools import ToolFailure, ToolRunner
 
 logger = logging.getLogger(__name__)
 
-MAX_CUSTOMER_ID_LENGTH = 128
 # time_remaining() without a client deadline is effectively infinite.
 _NO_DEADLINE_SECONDS = 10**6
 
@@ -135,14 +134,48 @@ def _deadline(context: grpc.aio.ServicerContext[object, object]) -> float | None
     return float(remaining)
 
 
-def _customer(context: grpc.aio.ServicerContext[object, object]) -> str:
-    """The caller-stated customer ("" when none): at most 128 printable characters."""
-    value = metadata_value(context, CUSTOMER_ID_KEY).strip()
-    if len(value) > MAX_CUSTOMER_ID_LENGTH or not value.isprintable():
-        raise InvalidArgumentError(
-            CUSTOMER_ID_KEY, f"{CUSTOMER_ID_KEY} must be at most 128 printable characters."
-        )
-    return value
+def _principal() -> auth.Principal:
+    """The caller, set by service_kit.auth's interceptor (which already refused anyone the table does not allow)."""
+    principal = auth.current_principal()
+    if principal is None:
+        raise UnauthenticatedError("no authenticated caller")
+    return principal
+
+
+def _customer() -> str:
+    """The customer a backend or service caller acts for ("" when a service caller named none)."""
+    return _principal().customer_id
+
+
+def _caller() -> Caller:
+    """Who is touching tickets: staff (any ticket, as a human agent) or a customer's backend/agent (only that
+    customer's tickets, as the customer)."""
+    principal = _principal()
+    if principal.role == auth.STAFF:
+        return Caller(customer_id="", agent_name=principal.agent_name)
+    if not principal.customer_id:
+        raise UnauthenticatedError("a customer caller must send x-customer-id")
+    return Caller(customer_id=principal.customer_id, agent_name="")
+
+
+# Who may call what (enforced by service_kit.auth's interceptor before any handler runs). `service` is the agent,
+# acting for the customer it forwards in x-customer-id; `backend` a customer-facing backend; `staff` the helpdesk.
+_CUSTOMER_CALLERS = (auth.SERVICE, auth.BACKEND)
+PERMISSIONS = auth.PermissionTable(
+    tools_pb2.DESCRIPTOR.services_by_name["ToolsService"].full_name,
+    {
+        "ListTools": auth.allow(*_CUSTOMER_CALLERS, service_needs_customer=False),
+        # Without a customer the tools answer a structured `unauthenticated` error the model can read.
+        "ExecuteTool": auth.allow(*_CUSTOMER_CALLERS, service_needs_customer=False),
+        "LookupOrderStatus": auth.allow(*_CUSTOMER_CALLERS),
+        "EscalateToHuman": auth.allow(*_CUSTOMER_CALLERS),
+        "GetTicket": auth.allow(auth.STAFF, *_CUSTOMER_CALLERS),
+        "ListTickets": auth.allow(auth.STAFF, *_CUSTOMER_CALLERS),
+        "ClaimTicket": auth.allow(auth.STAFF),
+        "ResolveTicket": auth.allow(auth.STAFF),
+        "AppendTicketMessage": auth.allow(auth.STAFF, *_CUSTOMER_CALLERS),
+    },
+)
 
 
 class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
@@ -174,7 +207,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 arguments_json=request.arguments_json,
                 conversation_id=request.conversation_id,
                 idempotency_key=request.idempotency_key,
-                customer_id=_customer(context),
+                customer_id=_customer(),
                 deadline_remaining=_deadline(context),
             )
             response = tools_pb2.ExecuteToolResponse(
@@ -188,7 +221,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         self, request: tools_pb2.LookupOrderStatusRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.LookupOrderStatusResponse:
         async with ERROR_GUARD(context):
-            customer_id = _customer(context)
+            customer_id = _customer()
             self._orders.validate_order_id(request.order_id)
             self._runner.lookup_limit(request.conversation_id, customer_id, request.order_id)
             order = await self._orders.lookup(customer_id, request.order_id, _deadline(context))
@@ -209,7 +242,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 raise InvalidArgumentError("reason_code", "reason_code is required.")
             escalation = validate_escalation(
                 conversation_id=request.conversation_id,
-                customer_id=_customer(context),
+                customer_id=_customer(),
                 priority=PRIORITY.from_proto(request.priority),
                 reason_code=reason_code,
                 reason=request.reason,
@@ -230,7 +263,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         self, request: tools_pb2.GetTicketRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> tools_pb2.GetTicketResponse:
         async with ERROR_GUARD(context):
-            ticket = await self._tickets.get(_customer(context), request.ticket_id, _deadline(context))
+            ticket = await self._tickets.get(_caller(), request.ticket_id, _deadline(context))
             return tools_pb2.GetTicketResponse(ticket=ticket_to_proto(ticket))
 
     async def ListTickets(  # noqa: N802
@@ -238,7 +271,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     ) -> tools_pb2.ListTicketsResponse:
         async with ERROR_GUARD(context):
             tickets = await self._tickets.list(
-                _customer(context), request.conversation_id, request.open_only, _deadline(context)
+                _caller(), request.conversation_id, request.open_only, _deadline(context)
             )
             return tools_pb2.ListTicketsResponse(tickets=[ticket_to_proto(t) for t in tickets])
 
@@ -247,7 +280,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     ) -> tools_pb2.ClaimTicketResponse:
         async with ERROR_GUARD(context):
             ticket = await self._tickets.claim(
-                _customer(context), request.ticket_id, request.assignee, _deadline(context)
+                _caller(), request.ticket_id, request.assignee, _deadline(context)
             )
             logger.info("ticket %s claimed", ticket.ticket_id)
             return tools_pb2.ClaimTicketResponse(ticket=ticket_to_proto(ticket))
@@ -257,7 +290,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     ) -> tools_pb2.ResolveTicketResponse:
         async with ERROR_GUARD(context):
             ticket = await self._tickets.resolve(
-                _customer(context), request.ticket_id, request.resolution_note, _deadline(context)
+                _caller(), request.ticket_id, request.resolution_note, _deadline(context)
             )
             logger.info("ticket %s resolved", ticket.ticket_id)
             return tools_pb2.ResolveTicketResponse(ticket=ticket_to_proto(ticket))
@@ -267,7 +300,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
     ) -> tools_pb2.AppendTicketMessageResponse:
         async with ERROR_GUARD(context):
             ticket = await self._tickets.append(
-                _customer(context),
+                _caller(),
                 request.ticket_id,
                 MESSAGE_AUTHOR.from_proto(request.author),
                 request.author_name,

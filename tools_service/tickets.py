@@ -1,8 +1,10 @@
 """Helpdesk tickets: the escalation payload, access rules and lifecycle OPEN → ASSIGNED → RESOLVED. No gRPC here.
 
-Callers: a request with `x-customer-id` is a *customer* caller and sees only that customer's tickets (others are
-NOT_FOUND); a request without it is a *helpdesk* caller (a human agent's tool, the CLI) and sees every ticket.
-Claiming and resolving are helpdesk actions; a customer may only append CUSTOMER messages to their own tickets.
+Tickets belong to a customer and are keyed by (customer_id, conversation_id): the same conversation id from two
+customers opens two tickets, and neither customer ever sees the other's. Callers (`Caller`, from the principal
+service_kit.auth set for the call): a *customer* caller (the agent or a backend acting for one customer) sees
+only that customer's tickets (others are NOT_FOUND) and may only append CUSTOMER messages to them; *staff* (a
+helpdesk human agent) see every ticket, claim, resolve and reply as HUMAN_AGENT.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from tools_service.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
+    UnauthenticatedError,
 )
+from tools_service.limits import WindowLimiter
 from tools_service.text_checks import check_text, clean_message
 
 PRIORITIES = PRIORITY_CODES
@@ -37,6 +42,10 @@ MAX_MESSAGE_LENGTH = 4000
 MAX_NAME_LENGTH = 100
 MAX_LIST_ITEMS = 50
 LIST_LIMIT = 200
+# A ticket takes at most this many messages (both sides together); further appends are RESOURCE_EXHAUSTED.
+MAX_MESSAGES_PER_TICKET = 500
+# Tickets a customer may open per minute (idempotent replays and repeat escalations of an open ticket are free).
+ESCALATIONS_PER_CUSTOMER_PER_MINUTE = 30
 
 ESTIMATED_WAIT = {"high": "about 5 minutes", "medium": "about 30 minutes", "low": "within 24 hours"}
 
@@ -87,6 +96,19 @@ class Ticket:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who touches tickets: `customer_id` set for a customer caller (only that customer's tickets), empty for
+    staff (`agent_name`: the human agent, author of their replies)."""
+
+    customer_id: str
+    agent_name: str = ""
+
+    @property
+    def is_staff(self) -> bool:
+        return not self.customer_id
+
+
+@dataclass(frozen=True)
 class Escalation:
     """A validated request to hand a conversation to a human."""
 
@@ -109,13 +131,15 @@ class Escalation:
 
 
 class TicketStore(Protocol):
-    """Durable tickets. `create` is idempotent per (conversation_id, idempotency_key) and keeps at most one
-    open ticket per conversation; both through UNIQUE constraints, never check-then-insert."""
+    """Durable tickets. `create` is idempotent per (customer_id, conversation_id, idempotency_key) and keeps at
+    most one open ticket per (customer_id, conversation_id); both through UNIQUE constraints, never
+    check-then-insert."""
 
     async def create(
         self, ticket_id: str, escalation: Escalation, estimated_wait: str, now: float
     ) -> tuple[Ticket, bool]:
-        """(ticket, created). Raises ConflictError for a known key with a different payload."""
+        """(ticket, created). A known key returns its ticket, whatever the payload (a retried escalation whose
+        summary changed is still the same escalation)."""
         ...
 
     async def get(self, ticket_id: str) -> Ticket | None: ...
@@ -128,7 +152,9 @@ class TicketStore(Protocol):
 
     async def resolve(self, ticket_id: str, note: str, now: float) -> Ticket: ...
 
-    async def append_message(self, ticket_id: str, message: TicketMessage) -> Ticket: ...
+    async def append_message(self, ticket_id: str, message: TicketMessage, max_messages: int) -> Ticket:
+        """Raises RateLimitedError when the ticket already holds `max_messages`."""
+        ...
 
 
 def new_ticket_id() -> str:
@@ -138,6 +164,18 @@ def new_ticket_id() -> str:
 
 def _check_id(field_name: str, value: str) -> str:
     return check_text(field_name, value, MAX_ID_LENGTH, required=True, multiline=False)
+
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 512
+
+
+def stored_idempotency_key(value: str) -> str:
+    """A caller's idempotency key as stored: keys longer than MAX_ID_LENGTH (a 128-character turn id plus
+    ':' and a call id) are kept as their SHA-256, so any key up to MAX_IDEMPOTENCY_KEY_LENGTH works."""
+    key = check_text("idempotency_key", value, MAX_IDEMPOTENCY_KEY_LENGTH, required=False, multiline=False)
+    if len(key) <= MAX_ID_LENGTH:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def validate_escalation(
@@ -175,66 +213,94 @@ def validate_escalation(
             for name in tools_tried
         ),
         sources=sources,
-        idempotency_key=(
-            check_text("idempotency_key", idempotency_key, MAX_ID_LENGTH, required=False, multiline=False)
-        ),
+        idempotency_key=stored_idempotency_key(idempotency_key),
     )
 
 
 class TicketService:
-    def __init__(self, store: TicketStore, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        store: TicketStore,
+        timeout_seconds: float,
+        *,
+        max_messages: int = MAX_MESSAGES_PER_TICKET,
+        escalation_limiter: WindowLimiter | None = None,
+    ) -> None:
         self._store = store
         self._timeout = timeout_seconds
+        self._max_messages = max_messages
+        self._escalations = escalation_limiter or WindowLimiter(
+            ESCALATIONS_PER_CUSTOMER_PER_MINUTE, "escalations_per_customer_per_minute", "new tickets"
+        )
 
-    async def _visible(self, customer_id: str, ticket_id: str, deadline: float | None) -> Ticket:
+    async def _visible(self, caller: Caller, ticket_id: str, deadline: float | None) -> Ticket:
         _check_id("ticket_id", ticket_id)
         ticket = await with_timeout(
             self._store.get(ticket_id), budget(self._timeout, deadline), "ticket system"
         )
-        if ticket is None or (customer_id and ticket.customer_id != customer_id):
+        if ticket is None or (not caller.is_staff and ticket.customer_id != caller.customer_id):
             raise NotFoundError(f"No ticket {ticket_id} was found.")
         return ticket
 
     @staticmethod
-    def _helpdesk_only(customer_id: str, action: str) -> None:
-        if customer_id:
-            raise PermissionDeniedError(f"Only a helpdesk caller (no x-customer-id) may {action} a ticket.")
+    def _staff_only(caller: Caller, action: str) -> None:
+        if not caller.is_staff:
+            raise PermissionDeniedError(f"Only helpdesk staff may {action} a ticket.")
 
     async def escalate(self, escalation: Escalation, deadline: float | None) -> tuple[Ticket, bool]:
+        """Opens (or returns) the customer's ticket for the conversation; at most
+        ESCALATIONS_PER_CUSTOMER_PER_MINUTE new tickets per customer per minute."""
+        if not escalation.customer_id:
+            raise UnauthenticatedError("Escalating needs the customer's identity (x-customer-id).")
         seconds = budget(self._timeout, deadline)
+        try:
+            self._escalations.check(escalation.customer_id)
+        except RateLimitedError:
+            # Over the limit: a repeat escalation of the conversation's open ticket still gets that ticket.
+            waiting = await with_timeout(
+                self._store.list(escalation.conversation_id, escalation.customer_id, True, 1),
+                seconds,
+                "ticket system",
+            )
+            if waiting:
+                return waiting[0], False
+            raise
         wait = ESTIMATED_WAIT[escalation.priority]
-        return await with_timeout(
+        ticket, created = await with_timeout(
             self._store.create(new_ticket_id(), escalation, wait, time.time()), seconds, "ticket system"
         )
+        if created:
+            self._escalations.record(escalation.customer_id)
+        return ticket, created
 
-    async def get(self, customer_id: str, ticket_id: str, deadline: float | None) -> Ticket:
-        return await self._visible(customer_id, ticket_id, deadline)
+    async def get(self, caller: Caller, ticket_id: str, deadline: float | None) -> Ticket:
+        return await self._visible(caller, ticket_id, deadline)
 
     async def list(
-        self, customer_id: str, conversation_id: str, open_only: bool, deadline: float | None
+        self, caller: Caller, conversation_id: str, open_only: bool, deadline: float | None
     ) -> list[Ticket]:
         if conversation_id:
             _check_id("conversation_id", conversation_id)
         return await with_timeout(
-            self._store.list(conversation_id, customer_id, open_only, LIST_LIMIT),
+            self._store.list(conversation_id, caller.customer_id, open_only, LIST_LIMIT),
             budget(self._timeout, deadline),
             "ticket system",
         )
 
-    async def claim(self, customer_id: str, ticket_id: str, assignee: str, deadline: float | None) -> Ticket:
-        self._helpdesk_only(customer_id, "claim")
+    async def claim(self, caller: Caller, ticket_id: str, assignee: str, deadline: float | None) -> Ticket:
+        self._staff_only(caller, "claim")
         assignee = check_text("assignee", assignee, MAX_NAME_LENGTH, required=True, multiline=False)
-        await self._visible(customer_id, ticket_id, deadline)
+        await self._visible(caller, ticket_id, deadline)
         return await with_timeout(
             self._store.claim(ticket_id, assignee, time.time()),
             budget(self._timeout, deadline),
             "ticket system",
         )
 
-    async def resolve(self, customer_id: str, ticket_id: str, note: str, deadline: float | None) -> Ticket:
-        self._helpdesk_only(customer_id, "resolve")
+    async def resolve(self, caller: Caller, ticket_id: str, note: str, deadline: float | None) -> Ticket:
+        self._staff_only(caller, "resolve")
         note = check_text("resolution_note", note, MAX_MESSAGE_LENGTH, required=True, multiline=True)
-        await self._visible(customer_id, ticket_id, deadline)
+        await self._visible(caller, ticket_id, deadline)
         return await with_timeout(
             self._store.resolve(ticket_id, note, time.time()),
             budget(self._timeout, deadline),
@@ -243,25 +309,18 @@ class TicketService:
 
     async def append(
         self,
-        customer_id: str,
+        caller: Caller,
         ticket_id: str,
         author: str,
         author_name: str,
         text: str,
         deadline: float | None,
     ) -> Ticket:
+        """Staff write as HUMAN_AGENT (named by `author_name`, else their x-agent-name); a customer caller writes
+        as CUSTOMER on its own tickets only."""
         if author not in AUTHORS:
             raise InvalidArgumentError(
                 "author", "author must be MESSAGE_AUTHOR_CUSTOMER or MESSAGE_AUTHOR_HUMAN_AGENT."
-            )
-        if author == "human_agent":
-            self._helpdesk_only(customer_id, "reply on")
-            author_name = check_text(
-                "author_name", author_name, MAX_NAME_LENGTH, required=True, multiline=False
-            )
-        else:
-            author_name = check_text(
-                "author_name", author_name, MAX_NAME_LENGTH, required=False, multiline=False
             )
         # Chat text is stored for a human to read: control characters are dropped rather than refused (the
         # customer's message must reach the human), and "injection" phrases are kept (anyone may quote them).
@@ -270,10 +329,27 @@ class TicketService:
             raise InvalidArgumentError("text", "text is required.")
         if len(text) > MAX_MESSAGE_LENGTH:
             raise InvalidArgumentError("text", f"text is longer than {MAX_MESSAGE_LENGTH} characters.")
-        ticket = await self._visible(customer_id, ticket_id, deadline)
+        if author == "human_agent":
+            self._staff_only(caller, "reply on")
+            author_name = check_text(
+                "author_name",
+                author_name or caller.agent_name,
+                MAX_NAME_LENGTH,
+                required=True,
+                multiline=False,
+            )
+        elif caller.is_staff:
+            raise PermissionDeniedError("Helpdesk staff reply as MESSAGE_AUTHOR_HUMAN_AGENT.")
+        else:
+            author_name = check_text(
+                "author_name", author_name, MAX_NAME_LENGTH, required=False, multiline=False
+            )
+        ticket = await self._visible(caller, ticket_id, deadline)
         if ticket.status == "resolved":
             raise FailedPreconditionError(f"Ticket {ticket_id} is resolved; messages can no longer be added.")
         message = TicketMessage(author=author, author_name=author_name, text=text, create_time=time.time())
         return await with_timeout(
-            self._store.append_message(ticket_id, message), budget(self._timeout, deadline), "ticket system"
+            self._store.append_message(ticket_id, message, self._max_messages),
+            budget(self._timeout, deadline),
+            "ticket system",
         )

@@ -1,17 +1,21 @@
 """`support-tickets`: a human agent's helpdesk CLI over support.v1.ToolsService.
 
-    support-tickets [--addr HOST:PORT] list [--open] [--conversation ID]
+    support-tickets [--addr HOST:PORT] [--agent-name NAME] list [--open] [--conversation ID]
     support-tickets show TICKET_ID
     support-tickets claim TICKET_ID --as NAME
     support-tickets reply TICKET_ID --as NAME TEXT
     support-tickets resolve TICKET_ID --note TEXT
 
-Calls are made as a helpdesk caller (no x-customer-id). Exit status: 0 ok, 1 the call failed, 2 usage error.
+Calls are made as helpdesk `staff` (service_kit.auth): the staff token from AUTH_TOKEN, AUTH_TOKENS_STAFF or
+AUTH_CREDENTIALS_FILE (default data/credentials.json, written by `make run`), and `x-agent-name`: --agent-name,
+else SUPPORT_AGENT_NAME, else the --as name, else your login name. Exit status: 0 ok, 1 the call failed,
+2 usage or configuration error.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -21,6 +25,7 @@ import grpc
 
 from service_kit import auth
 from service_kit.codes import ESCALATION_REASON, PRIORITY, TICKET_STATUS
+from service_kit.env import ConfigError
 from support.v1 import tools_pb2, tools_pb2_grpc
 from tools_service.config import DEFAULT_ADDR
 
@@ -77,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TOOLS_ADDR", DEFAULT_ADDR),
         help="tools_service address (TOOLS_ADDR)",
     )
+    parser.add_argument(
+        "--agent-name",
+        default=os.environ.get("SUPPORT_AGENT_NAME", ""),
+        help="your name as a helpdesk agent, sent as x-agent-name (SUPPORT_AGENT_NAME; default: --as, else "
+        "your login name)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list tickets, newest first")
     listing.add_argument("--open", action="store_true", help="only OPEN and ASSIGNED tickets")
@@ -130,11 +141,27 @@ def _run(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str
     return f"{ticket.ticket_id} resolved; the conversation is back with the bot"
 
 
+def _agent_name(args: argparse.Namespace) -> str:
+    if args.agent_name:
+        return str(args.agent_name)
+    if getattr(args, "name", ""):
+        return str(args.name)
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "helpdesk"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        caller = auth.AuthConfig.for_caller(auth.STAFF, headers=((auth.AGENT_NAME_KEY, _agent_name(args)),))
+    except ConfigError as error:
+        print(f"support-tickets: {error}", file=sys.stderr)
+        return 2
     with grpc.insecure_channel(args.addr) as raw_channel:
-        # Sends `authorization: Bearer $SERVICE_AUTH_TOKEN` when service authentication is configured.
-        channel = auth.intercept_sync_channel(raw_channel, auth.AuthConfig.from_env())
+        # Every call carries the staff token and x-agent-name.
+        channel = auth.intercept_sync_channel(raw_channel, caller)
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
             print(_run(args, stub))

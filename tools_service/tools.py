@@ -7,7 +7,6 @@ no conversation id) raises InvalidArgumentError for the servicer to turn into a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -255,16 +254,6 @@ class ToolRunner:
                 )
         return arguments
 
-    @staticmethod
-    def _limit_key(arguments_json: str) -> str:
-        """Canonical arguments for the identical-call limit (oversized or unparsable input: its digest)."""
-        if len(arguments_json) <= MAX_ARGUMENTS_BYTES:
-            try:
-                return canonical_arguments(json.loads(arguments_json))
-            except (ValueError, RecursionError):
-                pass
-        return "sha256:" + hashlib.sha256(arguments_json.encode("utf-8", "replace")).hexdigest()
-
     async def execute(
         self,
         *,
@@ -281,13 +270,15 @@ class ToolRunner:
             "conversation_id", conversation_id, MAX_CONVERSATION_ID_LENGTH, required=True, multiline=False
         )
         try:
-            self._limiter.acquire(conversation_id, customer_id, tool_name, self._limit_key(arguments_json))
             spec = self.specs.get(tool_name)
             if spec is None:
                 known = ", ".join(self.specs)
                 failure = ToolFailure("unknown_tool", f"There is no such tool; use one of: {known}.", False)
                 return ToolResult(tool_name, failure.to_json_obj(), failure)
             arguments = self._parse(spec, arguments_json)
+            # Counted once valid, per (customer, conversation): junk or another customer's calls never use up
+            # this conversation's budget.
+            self._limiter.acquire(conversation_id, customer_id, spec.name, canonical_arguments(arguments))
             content = await self._dispatch(
                 spec.name, arguments, conversation_id, idempotency_key, customer_id, deadline_remaining
             )

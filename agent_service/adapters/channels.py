@@ -1,4 +1,6 @@
-"""gRPC channels to the other services, with client-side round-robin over every resolved address."""
+"""gRPC channels to the other services, with client-side round-robin over every resolved address, bounded
+message sizes, and TLS / mutual TLS when the agent's `TlsConfig` turns it on for callers (TLS_CA_FILE,
+TLS_CLIENT_CERT_FILE / TLS_CLIENT_KEY_FILE)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 import grpc
 
 from service_kit import auth, observability
+from service_kit.grpc_server import DEFAULT_LIMITS, ServerLimits
+from service_kit.tls import TlsConfig, secure_or_insecure_channel
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -43,10 +47,17 @@ def channel_target(address: str) -> str:
     return address
 
 
-def open_channel(address: str, auth_config: auth.AuthConfig) -> grpc.aio.Channel:
-    """A channel to another service that carries the trace (when tracing is on) and `auth_config`'s token."""
-    return grpc.aio.insecure_channel(
+def open_channel(
+    address: str,
+    auth_config: auth.AuthConfig,
+    tls: TlsConfig | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+) -> grpc.aio.Channel:
+    """A channel to another service that carries the trace (when tracing is on) and `auth_config`'s token, over
+    TLS when `tls` says so (plaintext otherwise), refusing messages larger than `limits.max_message_bytes`."""
+    return secure_or_insecure_channel(
         channel_target(address),
+        tls or TlsConfig(),
         interceptors=[*observability.client_interceptors(), *auth.client_interceptors(auth_config)],
         options=[
             ("grpc.lb_policy_name", "round_robin"),
@@ -56,5 +67,6 @@ def open_channel(address: str, auth_config: auth.AuthConfig) -> grpc.aio.Channel
             # A restarted dependency is used again within a second, not after a long reconnect back-off.
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1_000),
+            *limits.channel_options(),
         ],
     )

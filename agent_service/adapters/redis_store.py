@@ -10,7 +10,10 @@ process:
   the holder can release it and a crashed replica's lease simply expires. Asking again with the same holder
   id answers True while its lease is live (a retried command must not lock a turn out of its own lease); the
   agent uses a fresh holder id per turn, so this never lets a second turn in.
+* `renew_lock` is a compare-and-PEXPIRE script: only the holder extends its own live lease.
 * `load` reads the turns and the customer in one MULTI/EXEC, oldest first.
+* a Redis that cannot be reached, times out or refuses writes (OOM, read-only replica, loading) raises
+  `StoreUnavailableError` (→ UNAVAILABLE); the lease then simply expires, it is never left stuck.
 
 Keys, per conversation `c` under the prefix `p` (default ``support-agent:``)::
 
@@ -27,16 +30,19 @@ scripts stay single-slot. With `retention_seconds`, every append refreshes an ex
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from agent_service.domain import Conversation, TurnResult
-from agent_service.errors import DuplicateTurnError
+from agent_service.errors import DuplicateTurnError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_KEY_PREFIX = "support-agent:"
 
@@ -80,6 +86,38 @@ end
 return 0
 """
 
+# KEYS: lock. ARGV: holder, lease ms. Extends the lease only if `holder` still has it; 1 if extended.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Error replies that mean "Redis cannot serve this now", not "this command is wrong".
+_UNAVAILABLE_REPLIES = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "BUSY",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "NOREPLICAS",
+)
+
+
+async def _available(call: Awaitable[T]) -> T:
+    """Awaits a Redis call; an outage (connection, timeout, refusing writes) becomes `StoreUnavailableError`."""
+    try:
+        return await call
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as error:
+        raise StoreUnavailableError(f"conversation store unavailable: {type(error).__name__}") from error
+    except redis_errors.ResponseError as error:
+        if str(error).startswith(_UNAVAILABLE_REPLIES):
+            raise StoreUnavailableError(f"conversation store unavailable: {str(error)[:80]}") from error
+        raise
+
 
 class RedisConversationStore:
     """`ConversationStore` on Redis (redis-py asyncio). Build it with `from_url` or pass a client.
@@ -106,6 +144,7 @@ class RedisConversationStore:
         self._append = client.register_script(_APPEND)
         self._get_turn = client.register_script(_GET_TURN)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
 
     @classmethod
     def from_url(
@@ -144,7 +183,7 @@ class RedisConversationStore:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.lrange(self._key(conversation_id, "turns"), 0, -1)
             pipe.get(self._key(conversation_id, "customer"))
-            turns, customer = await pipe.execute()
+            turns, customer = await _available(pipe.execute())
         return Conversation(
             conversation_id=conversation_id,
             customer_id=_text(customer) if customer is not None else "",
@@ -152,19 +191,24 @@ class RedisConversationStore:
         )
 
     async def get_turn(self, conversation_id: str, turn_id: str) -> TurnResult | None:
-        stored = await self._get_turn(
-            keys=[self._key(conversation_id, "turns"), self._key(conversation_id, "index")], args=[turn_id]
+        stored = await _available(
+            self._get_turn(
+                keys=[self._key(conversation_id, "turns"), self._key(conversation_id, "index")],
+                args=[turn_id],
+            )
         )
         return TurnResult.from_json(_text(stored)) if stored else None
 
     async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
-        count = await self._append(
-            keys=[
-                self._key(turn.conversation_id, "turns"),
-                self._key(turn.conversation_id, "index"),
-                self._key(turn.conversation_id, "customer"),
-            ],
-            args=[turn.turn_id, turn.to_json(), customer_id, self._retention_ms],
+        count = await _available(
+            self._append(
+                keys=[
+                    self._key(turn.conversation_id, "turns"),
+                    self._key(turn.conversation_id, "index"),
+                    self._key(turn.conversation_id, "customer"),
+                ],
+                args=[turn.turn_id, turn.to_json(), customer_id, self._retention_ms],
+            )
         )
         if int(count) == 0:
             raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored")
@@ -172,14 +216,21 @@ class RedisConversationStore:
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
         key = self._key(conversation_id, "lock")
         lease_ms = max(1, int(lease_seconds * 1000))
-        if await self._redis.set(key, holder, nx=True, px=lease_ms):
+        if await _available(self._redis.set(key, holder, nx=True, px=lease_ms)):
             return True
         # A SET whose reply was lost and which the client re-sent finds the lease already ours.
-        current = await self._redis.get(key)
+        current = await _available(self._redis.get(key))
         return current is not None and _text(current) == holder
 
+    async def renew_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
+        lease_ms = max(1, int(lease_seconds * 1000))
+        renewed = await _available(
+            self._renew(keys=[self._key(conversation_id, "lock")], args=[holder, lease_ms])
+        )
+        return bool(int(renewed))
+
     async def release_lock(self, conversation_id: str, holder: str) -> None:
-        released = await self._release(keys=[self._key(conversation_id, "lock")], args=[holder])
+        released = await _available(self._release(keys=[self._key(conversation_id, "lock")], args=[holder]))
         if not int(released):
             logger.warning(
                 "conversation lock was no longer held at release (lease expired?)",

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
 from agent_service.domain import Flag
+from agent_service.guardrails import semantic
 from agent_service.guardrails.encoded import encoded_hits
-from agent_service.guardrails.normalise import (
-    despace,
-    fold,
-    is_invisible,
-    strip_control_characters,
-    strong_normalise,
-    unleet,
-)
+from agent_service.guardrails.normalise import fold, is_invisible, strong_normalise, undisguise
 from agent_service.guardrails.patterns import injection_hits, squash_hits
+from agent_service.injection_detector import ROLE_PLAY_LABEL, SYSTEM_PROMPT_LABEL, InjectionDetector
 from agent_service.texts import SAFE_REPLY_INJECTION, SAFE_REPLY_OVERSIZE, SAFE_REPLY_SYSTEM_PROMPT
 
 DEFAULT_MAX_INPUT_CHARS: Final[int] = 4000
@@ -47,9 +41,9 @@ def check_input(message: str, max_chars: int = DEFAULT_MAX_INPUT_CHARS) -> Input
     if invisible:
         flags.append(Flag("input", "control_characters", f"{invisible} invisible or control characters"))
 
-    normalised = strip_control_characters(unicodedata.normalize("NFKC", message))
+    normalised = strong_normalise(message)
     folded = fold(message)
-    variants = (folded, despace(folded), unleet(folded))
+    variants = (folded, undisguise(message))
     strong: list[str] = ["spelled_out"] if squash_hits(folded) else []
     weak: set[str] = set()
     prompt_request = role_play = False
@@ -77,20 +71,46 @@ def check_input(message: str, max_chars: int = DEFAULT_MAX_INPUT_CHARS) -> Input
     if encoded:
         flags.append(Flag("input", "encoded_payload", "decodes to an instruction: " + ", ".join(encoded)))
         blocked_reply = blocked_reply or SAFE_REPLY_INJECTION
+    if not blocked_reply:
+        # The patterns missed it: paraphrase, another language, a disguise. Ask the semantic detector.
+        detection = semantic.detect(message)
+        if detection is not None:
+            kind, blocked_reply = _SEMANTIC_KINDS.get(
+                detection.label, ("prompt_injection", SAFE_REPLY_INJECTION)
+            )
+            flags.append(Flag("input", kind, "semantic: " + detection.describe()))
     return InputVerdict(bool(blocked_reply), tuple(flags), blocked_reply)
 
 
-@functools.lru_cache(maxsize=4096)
+# Detector label -> (flag kind, safe reply); other labels block as prompt_injection.
+_SEMANTIC_KINDS: Final[dict[str, tuple[str, str]]] = {
+    SYSTEM_PROMPT_LABEL: ("system_prompt_request", SAFE_REPLY_SYSTEM_PROMPT),
+    ROLE_PLAY_LABEL: ("role_play_system", SAFE_REPLY_INJECTION),
+}
+
+
 def scan_untrusted(label: str, text: str) -> tuple[Flag, ...]:
     """Flags instruction-like text inside a KB chunk or tool result. The turn quarantines flagged data: a
     flagged chunk never reaches the model, a flagged tool result is replaced by an error result.
 
-    Cached: the same KB chunks come back turn after turn."""
+    The patterns (on the folded and the undisguised text) first; the semantic detector only when they
+    find nothing. Cached per text and detector: the same KB chunks come back turn after turn."""
+    return _scan_untrusted(label, text, semantic.current_detector())
+
+
+@functools.lru_cache(maxsize=4096)
+def _scan_untrusted(label: str, text: str, detector: InjectionDetector | None) -> tuple[Flag, ...]:
     folded = fold(text)
     strong, weak, prompt_request, role_play = injection_hits(folded)
+    if not (strong or weak or prompt_request or role_play):
+        strong, weak, prompt_request, role_play = injection_hits(undisguise(text))
     encoded = encoded_hits(strong_normalise(text), text, folded)
     kinds = strong + weak + (["system_prompt_request"] if prompt_request else [])
     kinds += (["role_marker"] if role_play else []) + [f"encoded:{name}" for name in encoded]
+    if not kinds and detector is not None:
+        detection = detector.detect(text, untrusted=True)
+        if detection is not None:
+            kinds.append("semantic: " + detection.describe())
     if not kinds:
         return ()
     source = re.sub(r"[^\w-]", "", label.split(":", 1)[0])[:20] or "untrusted"

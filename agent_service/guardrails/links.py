@@ -1,5 +1,7 @@
-"""Links in a reply: finding them (any scheme, protocol-relative, bare domains) and removing the ones that
-are neither in the retrieved KB text nor on an allow-listed domain."""
+"""Links in a reply: finding them (any scheme, protocol-relative, bare domains) and removing every one whose
+host is not on the operator's allow-list. A link inside a retrieved KB chunk is not trusted for being
+there (anyone who could change an article could plant a phishing link); it only makes the flag say that
+the operator may want to allow-list its domain."""
 
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ def _domain_allowed(host: str, allowed: Iterable[str]) -> bool:
 
 class _LinkPolicy:
     def __init__(self, known_links: Iterable[str], allowed_domains: Iterable[str]) -> None:
+        # Links seen in the retrieved KB text: never allowed for that, only named in the flag.
         self.known: set[str] = set()
         for entry in known_links:
             for link in extract_links(entry) if any(char.isspace() for char in entry.strip()) else {entry}:
@@ -110,9 +113,10 @@ class _LinkPolicy:
             return False
         scheme, host, rest = split
         if scheme in {"http", "https"} and host:
-            if host + rest in self.known or _domain_allowed(host, self.allowed):
+            if _domain_allowed(host, self.allowed):
                 return True
-            self.removed_hosts.append(host)
+            in_kb = " (in the knowledge base, not on the allow-list)" if host + rest in self.known else ""
+            self.removed_hosts.append(host + in_kb)
         else:
             self.removed_hosts.append(f"a {scheme}: address")
         return False
@@ -139,6 +143,8 @@ def _sanitise_links(reply: str, policy: _LinkPolicy) -> str:
 def remove_unknown_links(
     reply: str, known_links: Iterable[str], allowed_domains: Iterable[str]
 ) -> tuple[str, list[str]]:
-    """(the reply with unknown links replaced by LINK_REMOVED, the hosts removed in order, repeats kept)."""
+    """(the reply with links off the allow-list replaced by LINK_REMOVED, the hosts removed in order,
+    repeats kept). ``known_links`` (links, or KB chunks to extract them from) allow nothing; a removed
+    link found among them is reported as such."""
     policy = _LinkPolicy(known_links, allowed_domains)
     return _sanitise_links(reply, policy), policy.removed_hosts

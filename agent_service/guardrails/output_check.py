@@ -1,4 +1,4 @@
-"""Screening what goes out: the model's reply, for system-prompt leakage and for unknown links."""
+"""Screening what goes out: the model's reply, for system-prompt leakage and for links off the allow-list."""
 
 from __future__ import annotations
 
@@ -58,10 +58,12 @@ def check_output(
     """Screens the model's reply before it reaches the customer.
 
     A leak of the system prompt (``min_leak_words`` consecutive words, compared case- and
-    punctuation-insensitively) replaces the whole reply with a safe answer. A link is kept only when it
-    appears in the retrieved KB text (``known_links``: links, or whole chunks to extract them from) or its
+    punctuation-insensitively) replaces the whole reply with a safe answer. A link is kept only when its
     host is an allow-listed domain or a subdomain of one (http/https only); any other link is replaced by
-    "[link removed]". Pass only the behavioural system prompt, not the KB context message.
+    "[link removed]". A link that also appears in the retrieved KB text (``known_links``: links, or whole
+    chunks to extract them from) is removed all the same (a KB article is not a trust anchor) and its flag
+    says so, so the operator can allow-list the domain. Pass only the behavioural system prompt, not the
+    KB context message.
     """
     flags: list[Flag] = []
     leak = _leak_detail(reply, system_prompt, min_leak_words) if system_prompt.strip() else None

@@ -2,9 +2,10 @@
 
 - `metrics`: the request series every service exports (domain series live with their service:
   agent_service.metrics, retrieval_service.metrics);
-- `interceptor`: `MetricsInterceptor` and `server_interceptors()`, which `new_server` puts first in every chain,
-  so each RPC is counted and timed by gRPC service, method and status code, and gets a server span when
-  tracing is on;
+- `interceptor`: `MetricsInterceptor` and `server_interceptors(service_names)`, which `new_server` puts first in
+  every chain, so each RPC is counted and timed by gRPC service, method and status code (label values only
+  from the methods the server has: a caller's made-up names all count as "unknown"), and gets a server span
+  when tracing is on;
 - `tracing`: `genai_span(...)` around model and tool calls, the client interceptors that carry a trace into
   the other services, `enable_tracing`;
 - `setup`: `setup_observability(name, ObservabilityConfig.from_env())`, once per process (the service runner

@@ -16,6 +16,7 @@ from agent_service.config import Config
 from agent_service.model_port import ModelPort
 from agent_service.server import StartedServer, start_server
 from devstack import SAMPLE_KB, ProcessStack, isolated_environ
+from devstack.credentials import role_channel
 from devstack.inprocess import agent_config, tools_config
 from support.v1 import agent_pb2_grpc, tools_pb2_grpc
 from testkit.scripted_openai import Reply, Responder, ScriptedOpenAIServer
@@ -80,7 +81,7 @@ async def start_tools(tmp_path: Path) -> AsyncIterator[StartTools]:
         started = await start_tools_server(
             tools_config(tmp_path / "tools", **overrides), order_backend=backend
         )
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        channel = role_channel(f"127.0.0.1:{started.port}")
         running.append((started, channel))
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         return Tools(started, stub, f"127.0.0.1:{started.port}")
@@ -130,7 +131,7 @@ async def start_agent(tmp_path: Path, retrieval_addr: str, tools: Tools) -> Asyn
             **{**dials, **overrides},
         )
         started = await start_server(config, model=model)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        channel = role_channel(f"127.0.0.1:{started.port}")
         running.append((started, channel))
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         return Agent(started, stub, config)

@@ -106,7 +106,9 @@ async def test_stream_chat_reports_escalation_and_guardrail_events(
 async def test_stream_chat_errors_are_statuses(start_agent: StartAgent) -> None:
     agent = await start_agent()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        async for _ in agent.stub.StreamChat(agent_pb2.StreamChatRequest(conversation_id="", message="x")):
+        async for _ in agent.stub.StreamChat(
+            agent_pb2.StreamChatRequest(conversation_id="", message="x"), metadata=CUSTOMER
+        ):
             pass
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 

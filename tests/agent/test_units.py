@@ -9,17 +9,26 @@ from typing import Any
 import pytest
 
 from agent_service.adapters.channels import channel_target
-from agent_service.adapters.offline_model import OfflineModel, best_sentences, find_order_id
+from agent_service.adapters.offline_model import (
+    OfflineModel,
+    best_sentences,
+    find_order_id,
+)
 from agent_service.adapters.sqlite_store import SqliteConversationStore
 from agent_service.breaker import CircuitBreaker
 from agent_service.config import Config
 from agent_service.domain import KbHit, ToolCallRecord, TurnResult
 from agent_service.errors import DuplicateTurnError
 from agent_service.escalation_policy import EscalationDecision
+from agent_service.guardrails import untrusted_block
 from agent_service.model_port import ModelRequest
-from agent_service.prompts import estimate_tokens, history_messages
+from agent_service.prompts import estimate_tokens, history, history_messages
 from agent_service.texts import DONT_KNOW
+from devstack.credentials import shared_test_credentials
 from service_kit.env import ConfigError
+
+# Every service needs credentials to start (service_kit.auth).
+TOKENS = shared_test_credentials().token_environ()
 
 TOOLS = [
     {
@@ -47,7 +56,10 @@ SHIPPING = KbHit(
 def test_offline_answers_from_the_best_sentence_and_cites_it() -> None:
     result = OfflineModel().decide(
         ModelRequest(
-            messages=(), tools=TOOLS, user_message="How long does express shipping take?", hits=[SHIPPING]
+            messages=(),
+            tools=TOOLS,
+            user_message="How long does express shipping take?",
+            hits=[SHIPPING],
         )
     )
     assert "Express shipping takes 1-2 business days." in result.content
@@ -96,13 +108,25 @@ def test_offline_looks_orders_up_then_replies_from_the_result() -> None:
 def test_offline_escalates_with_schema_arguments_and_quotes_the_ticket() -> None:
     hint = EscalationDecision("negative_sentiment", "high", "anger: 'ridiculous'", "I'm sorry.")
     engine = OfflineModel()
-    request = ModelRequest(messages=(), tools=TOOLS, user_message="This is ridiculous", escalation_hint=hint)
+    request = ModelRequest(
+        messages=(),
+        tools=TOOLS,
+        user_message="This is ridiculous",
+        escalation_hint=hint,
+    )
     [call] = engine.decide(request).tool_calls
     arguments = json.loads(call.arguments)
-    assert arguments["priority"] == "high" and set(arguments) <= {"reason", "priority", "summary"}
+    assert arguments["priority"] == "high" and set(arguments) <= {
+        "reason",
+        "priority",
+        "summary",
+    }
     messages: list[dict[str, Any]] = [
         {"role": "user", "content": "This is ridiculous"},
-        {"role": "assistant", "tool_calls": [{"id": call.id, "function": {"name": call.name}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": call.id, "function": {"name": call.name}}],
+        },
         {
             "role": "tool",
             "tool_call_id": call.id,
@@ -110,7 +134,12 @@ def test_offline_escalates_with_schema_arguments_and_quotes_the_ticket() -> None
         },
     ]
     reply = engine.decide(
-        ModelRequest(messages=messages, tools=TOOLS, user_message="This is ridiculous", escalation_hint=hint)
+        ModelRequest(
+            messages=messages,
+            tools=TOOLS,
+            user_message="This is ridiculous",
+            escalation_hint=hint,
+        )
     )
     assert reply.content.startswith("I'm sorry.") and "TKT-1" in reply.content
 
@@ -133,22 +162,27 @@ def _turn(index: int, size: int = 400) -> TurnResult:
 
 def test_history_keeps_the_newest_turns_within_the_budget_and_summarises_the_rest() -> None:
     turns = [_turn(index) for index in range(10)]
-    messages = history_messages(turns, budget_tokens=1000)
-    total = sum(estimate_tokens(str(message["content"])) + 4 for message in messages[1:])
+    window = history(turns, 1000, untrusted_block)
+    messages = list(window.messages)
+    total = sum(estimate_tokens(str(message["content"])) + 4 for message in messages)
     assert total <= 1000
-    assert messages[0]["role"] == "system" and "earlier turns" in messages[0]["content"]
+    assert (
+        window.notes and "earlier turns" in window.notes[0] and window.notes[0].startswith("<untrusted_data")
+    )
     assert messages[-2]["content"].startswith("question 9") and messages[-1]["role"] == "assistant"
-    everything = history_messages(turns[:2], budget_tokens=100_000)
+    everything = history_messages(turns[:2], 100_000, untrusted_block)
     assert [m["role"] for m in everything] == ["user", "assistant", "user", "assistant"]
     assert "tools used in this turn: lookup_order_status" in everything[1]["content"]
 
 
 def test_history_includes_hand_back_notes() -> None:
     note = TurnResult(
-        conversation_id="c", turn_id="handback-T1", system_note="Handed back by jo: refund issued"
+        conversation_id="c",
+        turn_id="handback-T1",
+        system_note="Handed back by jo: refund issued",
     )
-    [message] = history_messages([note], budget_tokens=1000)
-    assert message["role"] == "system" and "refund issued" in message["content"]
+    window = history([note], 1000, untrusted_block)
+    assert window.messages == () and "refund issued" in window.notes[0]  # data in the one system message
 
 
 def test_channel_targets() -> None:
@@ -160,6 +194,7 @@ def test_channel_targets() -> None:
 def test_config_from_env() -> None:
     config = Config.from_env(
         {
+            **TOKENS,
             "AGENT_ADDR": "0.0.0.0:1",
             "OPENAI_BASE_URL": "http://llm:8000/v1",
             "MAX_TOOL_ROUNDS": "3",
@@ -170,11 +205,11 @@ def test_config_from_env() -> None:
     assert config.addr == "0.0.0.0:1" and config.uses_remote_model and config.max_tool_rounds == 3
     assert config.link_allowlist == ("example.com", "help.example.com")
     assert config.db_path == Path("/tmp/x/agent.sqlite3")
-    assert not Config.from_env({}).uses_remote_model
+    assert not Config.from_env(TOKENS).uses_remote_model
     with pytest.raises(ConfigError, match="MAX_TOOL_ROUNDS"):
-        Config.from_env({"MAX_TOOL_ROUNDS": "0"})
+        Config.from_env({**TOKENS, "MAX_TOOL_ROUNDS": "0"})
     with pytest.raises(ConfigError, match="RETRIEVAL_MAX_DISTANCE"):
-        Config.from_env({"RETRIEVAL_MAX_DISTANCE": "3"})
+        Config.from_env({**TOKENS, "RETRIEVAL_MAX_DISTANCE": "3"})
 
 
 async def test_store_turns_are_unique_and_the_lock_is_a_lease(tmp_path: Path) -> None:
@@ -225,6 +260,7 @@ async def test_redis_url_selects_the_redis_store(tmp_path: Path) -> None:
 
     config = Config.from_env(
         {
+            **TOKENS,
             "REDIS_URL": "redis://127.0.0.1:1/0",
             "CONVERSATION_RETENTION_SECONDS": "3600",
             "DATA_DIR": str(tmp_path),
@@ -236,7 +272,7 @@ async def test_redis_url_selects_the_redis_store(tmp_path: Path) -> None:
         assert isinstance(store, RedisConversationStore)  # built lazily: no connection yet
     finally:
         await store.close()
-    sqlite = build_store(Config.from_env({"DATA_DIR": str(tmp_path)}))
+    sqlite = build_store(Config.from_env({**TOKENS, "DATA_DIR": str(tmp_path)}))
     try:
         assert isinstance(sqlite, SqliteConversationStore)
     finally:
@@ -262,7 +298,11 @@ def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "MAX_TOOL_ROUNDS" in result.stderr and "Traceback" not in result.stderr
-    env = {**os.environ, "ESCALATION_RULES_PATH": str(tmp_path / "missing.yaml"), "DATA_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "ESCALATION_RULES_PATH": str(tmp_path / "missing.yaml"),
+        "DATA_DIR": str(tmp_path),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "agent_service"],
         cwd=REPO_ROOT,
@@ -276,7 +316,11 @@ def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
 
 def test_sentence_choice_joins_wrapped_lines_uses_headings_and_skips_cross_references() -> None:
     returns = KbHit(
-        "returns.md", "r#1", "Returns", "See the refund policy for when you get your money back.", 0.3
+        "returns.md",
+        "r#1",
+        "Returns",
+        "See the refund policy for when you get your money back.",
+        0.3,
     )
     refunds = KbHit(
         "refund-policy.md",

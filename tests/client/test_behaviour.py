@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -99,7 +100,9 @@ class Fake:
 
 
 @pytest_asyncio.fixture
-async def fake() -> AsyncIterator[Fake]:
+async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Fake]:
+    # The client finds no credentials here (it would otherwise read the session's test credentials file).
+    monkeypatch.setenv("AUTH_CREDENTIALS_FILE", str(tmp_path / "no-credentials.json"))
     servicer = ScriptedAgent()
     server = grpc.aio.server()
     agent_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

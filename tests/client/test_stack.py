@@ -38,11 +38,12 @@ async def test_chat_with_customer_id_looks_up_the_order(stack: InProcessStack) -
 
 
 async def test_chat_without_customer_id_cannot_see_the_order(stack: InProcessStack) -> None:
+    # Issue 13: a backend must name its customer; a call without x-customer-id is refused outright.
     async with AgentClient(stack.agent_addr, timeout=20) as client:
-        response = await client.chat("conv-anon", "Where is my order ORD-12345?")
+        with pytest.raises(Unauthenticated) as caught:
+            await client.chat("conv-anon", "Where is my order ORD-12345?")
 
-    assert "1Z999AA10123456784" not in response.reply
-    assert all("1Z999AA10123456784" not in call.result_json for call in response.tool_calls)
+    assert "1Z999AA10123456784" not in str(caught.value)
 
 
 async def test_same_turn_id_replays_the_stored_turn(stack: InProcessStack) -> None:
@@ -110,7 +111,11 @@ async def test_stream_chat_maps_errors_too(stack: InProcessStack) -> None:
 
 async def test_auth_token_is_sent_as_bearer(stack: InProcessStack, tmp_path) -> None:
     token = "client-test-token-0123456789"
-    config = dataclasses.replace(stack.agent_config, auth=AuthConfig.with_token(token))
+    # This agent accepts `token` as its only backend token (the stack's own backend token is refused).
+    tokens = {**stack.credentials.tokens, "backend": (token,)}
+    config = dataclasses.replace(
+        stack.agent_config, auth=AuthConfig.with_tokens(tokens, outbound_role="service")
+    )
     agent = await start_agent(config, tmp_path / "agent-auth")
     target = f"127.0.0.1:{agent.port}"
     try:

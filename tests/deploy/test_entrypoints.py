@@ -20,6 +20,10 @@ from devstack import REPO_ROOT, SERVICES, ProcessStack, free_port, isolated_envi
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 START_TIMEOUT_SECONDS = 90.0
+ROLE_TOKENS = {
+    f"AUTH_TOKENS_{role.upper()}": f"{role}-entrypoint-test-token-0123456789"
+    for role in ("backend", "staff", "kb_admin", "service")
+}
 
 
 @dataclass
@@ -50,7 +54,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run
     stack = ProcessStack(
         base,
         environ=isolated_environ(),
-        env={"LOG_LEVEL": "WARNING", "REDIS_URL": ""},
+        # Authentication is always on: role tokens the way compose/Kubernetes inject them (AUTH_TOKENS_<ROLE>).
+        env={"LOG_LEVEL": "WARNING", "REDIS_URL": "", **ROLE_TOKENS},
         addrs={name: f"0.0.0.0:{port}" for name, port in ports.items()},
         log_dir=base,
     )

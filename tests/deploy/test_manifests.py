@@ -141,14 +141,34 @@ def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
 # docker-compose
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
+CREDENTIALS_SECRET_PATH = "/run/secrets/auth_credentials"
+# Services that carry credentials, and the one-shot ingest (calls as kb_admin).
+COMPOSE_CALLERS = ("agent", "retrieval", "tools", "ingest")
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|AUTH|CREDENTIAL", re.IGNORECASE)
+
+
+def _compose_binary() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose not installed (scripts/ensure_system_tools.sh installs it in CI)")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "OTEL_"))}
-    env["OPENAI_API_KEY"] = "sk-from-the-environment"
-    result = _run(binary, "-f", "docker-compose.yml", "config", env=env)
+    return binary
+
+
+def _compose_env(**extra: str) -> dict[str, str]:
+    prefixes = ("OPENAI_", "OTEL_", "AUTH_", "AGENT_")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="module")
+def credentials_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compose") / "credentials.json"
+
+
+@pytest.fixture(scope="module")
+def compose(credentials_file: Path) -> dict[str, Any]:
+    env = _compose_env(OPENAI_API_KEY="sk-from-the-environment", AUTH_CREDENTIALS_FILE=str(credentials_file))
+    result = _run(_compose_binary(), "-f", "docker-compose.yml", "config", env=env)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -207,6 +227,72 @@ def test_compose_takes_the_model_key_from_the_environment_and_uses_named_volumes
     raw = (REPO_ROOT / "docker-compose.yml").read_text()
     assert "OPENAI_API_KEY: ${OPENAI_API_KEY:-}" in raw
     assert re.search(r"sk-[A-Za-z0-9]{8,}", raw) is None  # no real-looking key committed
+
+
+def test_compose_refuses_to_start_without_credentials() -> None:
+    """No AUTH_CREDENTIALS_FILE: `config` (and so `up`) stops with a message that says what to set."""
+    result = _run(_compose_binary(), "-f", "docker-compose.yml", "config", "-q", env=_compose_env())
+    assert result.returncode != 0
+    assert "set AUTH_CREDENTIALS_FILE to the JSON file of role tokens" in result.stderr
+
+
+def test_compose_gives_every_service_the_credentials_secret(
+    compose: dict[str, Any], credentials_file: Path
+) -> None:
+    assert compose["secrets"] == {"auth_credentials": {"file": str(credentials_file)}}
+    services = compose["services"]
+    for name in COMPOSE_CALLERS:
+        service = services[name]
+        assert service["environment"]["AUTH_CREDENTIALS_FILE"] == CREDENTIALS_SECRET_PATH, name
+        sources = [item["source"] if isinstance(item, dict) else item for item in service["secrets"]]
+        assert sources == ["auth_credentials"], name
+        assert not {key for key in service["environment"] if key.startswith("AUTH_TOKENS_")}, name
+        assert service["environment"].get("AUTH_DISABLED", "false") == "false", name
+
+
+def test_compose_has_no_literal_secrets() -> None:
+    """Every credential-like setting in the file is interpolated from the environment or points at a mounted
+    secret; none is written in it."""
+    raw_text = (REPO_ROOT / "docker-compose.yml").read_text()
+    raw = yaml.safe_load(raw_text)
+    checked = 0
+    for name, service in raw["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if not SECRET_NAME.search(key):
+                continue
+            checked += 1
+            text = str(value)
+            assert text.startswith("${") or text.startswith("/run/secrets/"), (name, key, text)
+    assert checked >= 5
+    assert "Bearer " not in raw_text
+    assert re.search(r"AUTH_TOKENS_\w+\s*[:=]\s*[^\s$]", raw_text) is None
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str, str]:
+    """(host ip, host port) of a compose port entry."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), str(port.get("published", ""))
+    parts = port.split("/")[0].split(":")
+    return (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0] if len(parts) == 2 else "")
+
+
+def test_compose_publishes_only_the_agent_and_only_on_loopback(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    default_profile = {name for name in published if not services[name].get("profiles")}
+    assert default_profile == {"agent"}
+    assert [_published(port) for port in published["agent"]] == [("127.0.0.1", "50051")]
+    for name, ports in published.items():  # the observability extras too
+        for port in ports:
+            assert _published(port)[0] == "127.0.0.1", (name, port)
+
+
+def test_compose_agent_port_can_be_opened_on_purpose(credentials_file: Path) -> None:
+    env = _compose_env(AUTH_CREDENTIALS_FILE=str(credentials_file), AGENT_BIND="0.0.0.0", AGENT_PORT="6000")
+    result = _run(_compose_binary(), "-f", "docker-compose.yml", "config", env=env)
+    assert result.returncode == 0, result.stderr
+    agent = yaml.safe_load(result.stdout)["services"]["agent"]
+    assert [_published(port) for port in agent["ports"]] == [("0.0.0.0", "6000")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -362,6 +448,49 @@ def test_openai_overlay_sets_the_endpoint_and_requires_the_key(overlay: list[dic
     assert agent["terminationGracePeriodSeconds"] == 90
     # The key itself is never in the manifests.
     assert all(doc["kind"] != "Secret" or "OPENAI_API_KEY" not in doc.get("data", {}) for doc in overlay)
+
+
+AUTH_SECRET = "support-agent-auth"
+# Who gets which role's tokens: the roles each server admits, plus the role it calls others as.
+ROLE_TOKENS = {
+    "agent": {"backend", "staff", "service"},
+    "tools": {"service", "backend", "staff"},
+    "retrieval": {"service", "backend", "staff", "kb_admin"},
+    "ingest-kb": {"kb_admin"},
+}
+
+
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_every_service_reads_its_role_tokens_from_the_auth_secret(which: str, request: Any) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(which)
+    containers = {name: container for name, _pod, container in _containers(docs)}
+    for name, roles in ROLE_TOKENS.items():
+        env = {item["name"]: item for item in containers[name]["env"]}
+        tokens = {key: item for key, item in env.items() if key.startswith("AUTH_TOKENS_")}
+        assert set(tokens) == {f"AUTH_TOKENS_{role.upper()}" for role in roles}, name
+        for key, item in tokens.items():
+            assert "value" not in item, (name, key)
+            assert item["valueFrom"]["secretKeyRef"] == {"name": AUTH_SECRET, "key": key[12:].lower()}, name
+        assert "AUTH_DISABLED" not in env, name
+
+
+@pytest.mark.parametrize("which", ["base", "overlay"])
+def test_manifests_carry_no_credentials_and_expose_nothing_outside_the_cluster(
+    which: str, request: Any
+) -> None:
+    docs: list[dict[str, Any]] = request.getfixturevalue(which)
+    # The auth Secret is created by the operator, never rendered from these files.
+    assert AUTH_SECRET not in _by_kind(docs, "Secret")
+    for doc in _by_kind(docs, "Secret").values():
+        values = {**doc.get("data", {}), **doc.get("stringData", {})}
+        assert not {key for key in values if key.startswith("AUTH_") or key in ROLE_TOKENS["retrieval"]}
+    for name, _pod, container in _containers(docs):
+        for item in container.get("env", []):
+            if SECRET_NAME.search(item["name"]):
+                assert "value" not in item, (name, item["name"])  # from a Secret, never a literal
+    for service in _by_kind(docs, "Service").values():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+    assert not _by_kind(docs, "Ingress")
 
 
 def test_ingest_job_loads_the_sample_kb_through_the_headless_service(base: list[dict[str, Any]]) -> None:

@@ -1,12 +1,14 @@
 """End to end: `python -m devstack` (what `make run` runs) driven by the real grpcurl binary.
 
-The seed's three conversations with the offline engine, the README's grpcurl calls, health and reflection on
-every port, and a clean stop on SIGTERM.
+The seed's three conversations with the offline engine, the README's grpcurl walkthrough run as written (auth
+on: the credentials `make run` wrote), principals from outside (no token, another customer, a wrong role),
+health and reflection on every port, and a clean stop on SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import REPO_ROOT, SERVICES, free_port, isolated_environ
 
@@ -32,19 +36,34 @@ class Stack:
     process: subprocess.Popen[str]
     addrs: dict[str, str]
     log_path: Path
+    data_dir: Path
 
-    def grpcurl(self, *args: str, data: dict[str, Any] | None = None, timeout: float = 60.0) -> str:
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    def bearer(self, role: str) -> str:
+        """The -H value for `role`, from the credentials file `make run` wrote."""
+        tokens = json.loads(self.credentials_path.read_text())
+        return f"authorization: Bearer {tokens[role][0]}"
+
+    def run_grpcurl(self, *args: str, data: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
         assert GRPCURL is not None
         command = [GRPCURL, "-plaintext"]
         if data is not None:
             command += ["-d", json.dumps(data)]
         command += list(args)
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def grpcurl(self, *args: str, data: dict[str, Any] | None = None, timeout: float = 60.0) -> str:
+        result = self.run_grpcurl(*args, data=data, timeout=timeout)
         assert result.returncode == 0, f"grpcurl {' '.join(args)} failed: {result.stderr}"
-        return result.stdout
+        return str(result.stdout)
 
     def chat(self, conversation_id: str, message: str) -> dict[str, Any]:
         out = self.grpcurl(
+            "-H",
+            self.bearer("backend"),
             "-H",
             CUSTOMER,
             self.addrs["agent"],
@@ -79,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             process.kill()
             pytest.fail(f"stack did not start:\n{log_path.read_text()[-4000:]}")
         time.sleep(0.2)
-    running = Stack(process, addrs, log_path)
+    running = Stack(process, addrs, log_path, data_dir)
     yield running
     if process.poll() is None:
         process.kill()
@@ -95,12 +114,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ],
 )
 def test_reflection_and_health_on_every_port(stack: Stack, name: str, service: str) -> None:
-    listed = stack.grpcurl(stack.addrs[name], "list").split()
+    listed = stack.grpcurl("-H", stack.bearer("backend"), stack.addrs[name], "list").split()
     assert service in listed
     assert "grpc.health.v1.Health" in listed
     for health_service in ("", service):
         reply = json.loads(
-            stack.grpcurl(stack.addrs[name], "grpc.health.v1.Health/Check", data={"service": health_service})
+            stack.grpcurl(
+                "-H",
+                stack.bearer("backend"),  # grpcurl asks reflection first, which needs a token
+                stack.addrs[name],
+                "grpc.health.v1.Health/Check",
+                data={"service": health_service},
+            )
         )
         assert reply["status"] == "SERVING"
 
@@ -132,6 +157,10 @@ def test_angry_customer_is_escalated_with_a_real_ticket(stack: Stack) -> None:
     assert first["escalation"]["ticket_id"] != second["escalation"]["ticket_id"]
     ticket = json.loads(
         stack.grpcurl(
+            "-H",
+            stack.bearer("staff"),
+            "-H",
+            "x-agent-name: jo",
             stack.addrs["tools"],
             "support.v1.ToolsService/GetTicket",
             data={"ticket_id": first["escalation"]["ticket_id"]},
@@ -146,6 +175,10 @@ def test_history_is_kept_across_turns(stack: Stack) -> None:
     stack.chat("e2e-history", "Where is my order ORD-12345?")
     transcript = json.loads(
         stack.grpcurl(
+            "-H",
+            stack.bearer("backend"),
+            "-H",
+            CUSTOMER,
             stack.addrs["agent"],
             "support.v1.AgentService/GetConversation",
             data={"conversation_id": "e2e-history"},
@@ -161,6 +194,10 @@ def test_bad_request_is_invalid_argument_and_the_stack_stays_up(stack: Stack) ->
         [
             GRPCURL,
             "-plaintext",
+            "-H",
+            stack.bearer("backend"),
+            "-H",
+            CUSTOMER,
             "-d",
             json.dumps({"conversation_id": "", "message": "hi"}),
             stack.addrs["agent"],
@@ -175,6 +212,93 @@ def test_bad_request_is_invalid_argument_and_the_stack_stays_up(stack: Stack) ->
     assert "InvalidArgument" in result.stderr
     assert "conversation_id" in result.stderr
     assert stack.chat("e2e-after-bad", "How long does express shipping take?")["reply"]
+
+
+def _readme_walkthrough() -> str:
+    """The first bash block of the README's "Try it with grpcurl" section, exactly as written."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Try it with grpcurl") :]
+    match = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert match is not None
+    return match.group(1)
+
+
+def test_readme_walkthrough_works_as_written_with_auth_on(stack: Stack) -> None:
+    """The README's commands, run by bash in a folder laid out like the checkout after `make run` (its
+    data/credentials.json), against this stack's agent port."""
+    script = _readme_walkthrough().replace("127.0.0.1:50051", stack.addrs["agent"])
+    workdir = stack.data_dir.parent / "readme"
+    (workdir / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copy(stack.credentials_path, workdir / "data" / "credentials.json")
+    if not (workdir / ".venv").exists():  # the README puts .venv/bin (python, grpcurl) on PATH
+        (workdir / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=workdir, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "support.v1.AgentService" in result.stdout
+    assert "1-2 business days" in result.stdout
+    assert "1Z999AA10123456784" in result.stdout
+    assert "PRIORITY_HIGH" in result.stdout
+    assert '"status": "SERVING"' in result.stdout
+
+
+def test_make_run_prints_the_grpcurl_flags_and_keeps_the_credentials_private(stack: Stack) -> None:
+    log = stack.log_path.read_text()
+    assert str(stack.credentials_path) in log
+    assert f"-H '{stack.bearer('backend')}' -H 'x-customer-id: cust-001'" in log
+    assert stack.credentials_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_from_outside_no_principal_no_access(stack: Stack) -> None:
+    """grpcurl as a stranger, as another customer and with the wrong role."""
+    agent, tools, retrieval = stack.addrs["agent"], stack.addrs["tools"], stack.addrs["retrieval"]
+    stack.chat("e2e-private", "Where is my order ORD-12345?")
+    cases: list[tuple[tuple[str, ...], dict[str, Any] | None]] = [
+        # No token: the README's old calls no longer work for anyone who can reach the port.
+        (
+            ("-H", CUSTOMER, agent, "support.v1.AgentService/GetConversation"),
+            {"conversation_id": "e2e-private"},
+        ),
+        ((tools, "support.v1.ToolsService/ListTickets"), {}),
+        ((retrieval, "support.v1.RetrievalService/DeleteDocuments"), {"all_documents": True}),
+        ((agent, "list"), None),  # reflection needs a token too
+        # A backend token without the customer it acts for.
+        (
+            ("-H", stack.bearer("backend"), agent, "support.v1.AgentService/Chat"),
+            {"conversation_id": "x", "message": "hi"},
+        ),
+    ]
+    for args, data in cases:
+        result = stack.run_grpcurl(*args, data=data)
+        assert result.returncode != 0 and "Unauthenticated" in result.stderr, (args, result.stderr)
+    other = stack.run_grpcurl(
+        "-H",
+        stack.bearer("backend"),
+        "-H",
+        "x-customer-id: cust-002",
+        agent,
+        "support.v1.AgentService/GetConversation",
+        data={"conversation_id": "e2e-private"},
+    )
+    assert other.returncode != 0 and ("PermissionDenied" in other.stderr or "NotFound" in other.stderr)
+    assert "ORD-12345" not in other.stdout + other.stderr
+    wrong_role = stack.run_grpcurl(
+        "-H",
+        stack.bearer("backend"),
+        "-H",
+        CUSTOMER,
+        retrieval,
+        "support.v1.RetrievalService/IngestDocuments",
+        data={"documents": [{"doc_id": "phish.md", "content": "# Refunds\n\nhttps://evil.example"}]},
+    )
+    assert wrong_role.returncode != 0 and "PermissionDenied" in wrong_role.stderr
+    # Health itself stays open to probes (no reflection, no credentials).
+    with grpc.insecure_channel(agent) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_sigterm_stops_all_three_cleanly(stack: Stack) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from devstack import REPO_ROOT, ProcessStack, isolated_environ
+from devstack.credentials import Credentials
+from service_kit.auth import AuthConfig
 from support_eval import driver, kb, scorer
 from support_eval.suite import load_suite
 
@@ -41,6 +43,15 @@ SHIPPED = REPO_ROOT / "evals" / "sample_kb.yaml"
 class Stack:
     agent_addr: str
     retrieval_addr: str
+    credentials: Credentials  # the stack's tokens; support-eval run by _cli reads the same file
+
+    @property
+    def kb_admin(self) -> AuthConfig:
+        return self.credentials.caller("kb_admin")
+
+    @property
+    def backend(self) -> AuthConfig:
+        return self.credentials.caller("backend")
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +60,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     processes = ProcessStack(workdir / "data", environ=isolated_environ(), log_dir=workdir)
     try:
         asyncio.run(processes.start_backends())
-        asyncio.run(kb.ingest(processes.addrs["retrieval"], kb.read_kb(REPO_ROOT / "kb")))
+        assert processes.credentials is not None
+        kb_admin = processes.credentials.caller("kb_admin")
+        asyncio.run(
+            kb.ingest(processes.addrs["retrieval"], kb.read_kb(REPO_ROOT / "kb"), auth_config=kb_admin)
+        )
         asyncio.run(processes.start("agent"))
-        yield Stack(processes.addrs["agent"], processes.addrs["retrieval"])
+        yield Stack(processes.addrs["agent"], processes.addrs["retrieval"], processes.credentials)
     finally:
         processes.stop_all()
 
@@ -105,7 +120,9 @@ def test_tiny_suite_reports_the_deliberate_failure_with_its_transcript(stack: St
 def test_shipped_suite_meets_its_thresholds(stack: Stack) -> None:
     suite = load_suite(SHIPPED)
     assert suite.turn_count >= 40
-    records = asyncio.run(driver.run_suite(suite, stack.agent_addr, call_timeout=30))
+    records = asyncio.run(
+        driver.run_suite(suite, stack.agent_addr, call_timeout=30, auth_config=stack.backend)
+    )
     card = scorer.score(suite, records)
     results = scorer.check_thresholds(card, suite.thresholds)
     assert results, "the shipped suite must configure thresholds"
@@ -158,7 +175,7 @@ def test_prune_removes_documents_outside_the_suite_kb(stack: Stack) -> None:
     stray = kb.KbFile(
         "stray/old-article.md", "# Old article\n\nSomething that is no longer in the KB.\n", "markdown"
     )
-    asyncio.run(kb.ingest(stack.retrieval_addr, [stray]))
+    asyncio.run(kb.ingest(stack.retrieval_addr, [stray], auth_config=stack.kb_admin))
     result = _cli(
         str(TINY),
         "--target",

@@ -492,3 +492,22 @@ async def test_health_checks_are_not_traced_by_default(spans: InMemorySpanExport
         await started.server.stop(None)
     names = sorted(span.name for span in spans.get_finished_spans())
     assert names == [f"/{SERVICE}/Echo", "execute_tool echo"]
+
+
+def test_label_values_come_only_from_methods_the_server_has() -> None:
+    """`KnownMethods` (the metrics interceptor's gate): real methods of the declared services, health and
+    reflection; a bounded number of methods of a declared service without a descriptor; nothing else."""
+    from service_kit.observability.interceptor import MAX_UNVERIFIED_METHODS, KnownMethods
+
+    known = KnownMethods(["support.v1.ToolsService", SERVICE])
+    assert "/support.v1.ToolsService/ListTools" in known
+    assert f"/{HEALTH}/Check" in known
+    assert "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" in known
+    assert "/support.v1.ToolsService/NoSuchMethod" not in known
+    assert "/support.v1.AgentService/Chat" not in known  # a real method, but not this server's
+    assert "/made.up.Service/Method" not in known
+    assert "/ToolsService" not in known and "" not in known
+    accepted = [name for index in range(200) if (name := f"/{SERVICE}/M{index}") in known]
+    assert len(accepted) == MAX_UNVERIFIED_METHODS  # a descriptor-less service cannot grow the set forever
+    assert f"/{SERVICE}/M0" in known  # what was accepted stays accepted
+    assert "/support.v1.ToolsService/GetTicket" in known  # and real methods are never crowded out

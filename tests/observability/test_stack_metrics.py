@@ -16,7 +16,15 @@ import pytest
 
 from service_kit import observability
 
-CUSTOMER = (("x-customer-id", "cust-001"),)
+# Authentication is always on: each service gets the role tokens, the test calls as a backend.
+ROLE_TOKENS = {
+    f"AUTH_TOKENS_{role.upper()}": f"{role}-stack-metrics-token-0123456789"
+    for role in ("backend", "staff", "kb_admin", "service")
+}
+CUSTOMER = (
+    ("authorization", f"Bearer {ROLE_TOKENS['AUTH_TOKENS_BACKEND']}"),
+    ("x-customer-id", "cust-001"),
+)
 
 
 @dataclass
@@ -38,7 +46,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     running: list[Any] = []
     http_server, metrics_port = observability.start_metrics_endpoint(0, "127.0.0.1")
     try:
-        env = {"DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+        env = {"DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING", **ROLE_TOKENS}
         retrieval = await start_retrieval(
             RetrievalConfig.from_env({**env, "RETRIEVAL_ADDR": "127.0.0.1:0"}),
             embedding=MiniLMEmbedding.shared(),

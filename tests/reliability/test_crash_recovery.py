@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from devstack import AGENT, SAMPLE_KB, ProcessStack, health_status, isolated_environ
+from devstack.credentials import role_sync_channel
 from support.v1 import agent_pb2, agent_pb2_grpc, tools_pb2, tools_pb2_grpc, types_pb2
 
 T = TypeVar("T")
@@ -73,7 +74,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
         data_dir,
         environ=isolated_environ(),
         # A crashed holder's conversation lock must expire quickly for the retry to get in (default 120 s).
-        env={"LOG_LEVEL": "INFO", "TURN_LEASE_SECONDS": "2", "TOOL_LIMIT_PER_CONVERSATION": "1000"},
+        # One customer opens every ticket here: lift its new-tickets-per-minute limit too.
+        env={
+            "LOG_LEVEL": "INFO",
+            "TURN_LEASE_SECONDS": "2",
+            "TOOL_LIMIT_PER_CONVERSATION": "1000",
+            "TOOL_LIMIT_ESCALATIONS_PER_CUSTOMER_PER_MINUTE": "100000",
+        },
         log_dir=data_dir / "logs",
     )
     try:
@@ -99,7 +106,7 @@ def restart(stack: ProcessStack, name: str) -> None:
 def _chat(
     addr: str, conversation: str, turn_id: str, message: str, timeout: float = 10.0
 ) -> agent_pb2.ChatResponse:
-    with grpc.insecure_channel(addr) as channel:
+    with role_sync_channel(addr) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         reply: agent_pb2.ChatResponse = stub.Chat(
             agent_pb2.ChatRequest(conversation_id=conversation, message=message, turn_id=turn_id),
@@ -160,7 +167,7 @@ def test_agent_kill9_mid_turns_loses_and_duplicates_nothing(stack: ProcessStack)
         assert replayed[key].replayed, key  # not run twice
         assert replayed[key].reply == reply_text, key  # the acknowledged answer, byte for byte
 
-    with grpc.insecure_channel(stack.addrs["agent"]) as channel:
+    with role_sync_channel(stack.addrs["agent"]) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         for conversation in conversations:
             transcript = stub.GetConversation(
@@ -178,7 +185,7 @@ def test_agent_kill9_mid_turns_loses_and_duplicates_nothing(stack: ProcessStack)
 def _escalate(
     addr: str, conversation: str, key: str, timeout: float = 5.0
 ) -> tools_pb2.EscalateToHumanResponse:
-    with grpc.insecure_channel(addr) as channel:
+    with role_sync_channel(addr) as channel:
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         reply: tools_pb2.EscalateToHumanResponse = stub.EscalateToHuman(
             tools_pb2.EscalateToHumanRequest(
@@ -238,7 +245,7 @@ def test_tools_kill9_mid_escalations_tickets_exactly_once(stack: ProcessStack) -
     for key, ticket_id in before.items():
         assert after[key].ticket.ticket_id == ticket_id, key  # the acknowledged ticket survived the crash
         assert not after[key].created, key  # and was not created again
-    with grpc.insecure_channel(stack.addrs["tools"]) as channel:
+    with role_sync_channel(stack.addrs["tools"]) as channel:
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         for conversation, key in keys:
             tickets = stub.ListTickets(
@@ -268,7 +275,7 @@ def test_agent_escalation_survives_tools_crash(stack: ProcessStack) -> None:
         time.monotonic() + 20,
     )
     assert second.escalation.ticket_id or second.ticket_id, second
-    with grpc.insecure_channel(stack.addrs["tools"]) as channel:
+    with role_sync_channel(stack.addrs["tools"]) as channel:
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         tickets = stub.ListTickets(
             tools_pb2.ListTicketsRequest(conversation_id="crash-esc"), metadata=CUSTOMER, timeout=10

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from devstack import REPO_ROOT, health_status, isolated_environ
+from devstack.credentials import role_channel, shared_test_credentials
 from devstack.inprocess import InProcessStack, kb_documents
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from support.v1 import agent_pb2, retrieval_pb2, retrieval_pb2_grpc
@@ -239,7 +240,7 @@ async def test_chroma_files_destroyed(start_stack: StartStack) -> None:
 async def test_damaged_store_is_unavailable_and_not_serving(start_stack: StartStack) -> None:
     stack = await start_stack()
     _destroy_store(stack)
-    async with grpc.aio.insecure_channel(stack.retrieval_addr) as channel:
+    async with role_channel(stack.retrieval_addr) as channel:
         stub = retrieval_pb2_grpc.RetrievalServiceStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Search(retrieval_pb2.SearchRequest(query="express shipping"), timeout=5)
@@ -324,7 +325,9 @@ async def test_agent_health_follows_required_dependencies(start_stack: StartStac
     from tools_service.server import start_server as start_tools_server
 
     config = replace(
-        ToolsConfig(), addr=f"127.0.0.1:{tools_port}", data_dir=stack.agent_config.data_dir.parent / "tools"
+        ToolsConfig(auth=stack.credentials.server_auth()),
+        addr=f"127.0.0.1:{tools_port}",
+        data_dir=stack.agent_config.data_dir.parent / "tools",
     )
     stack.tools = await start_tools_server(config)
     assert await _wait_health(stack.agent_addr, "support.v1.AgentService", SERVING) == SERVING
@@ -337,7 +340,7 @@ def test_unreadable_store_at_startup_fails_fast(tmp_path: Path) -> None:
     store = tmp_path / "chroma"
     store.mkdir()
     (store / "chroma.sqlite3").write_bytes(b"\x00garbage" * 100)
-    env = isolated_environ()
+    env = {**isolated_environ(), **shared_test_credentials().token_environ()}
     env.update(RETRIEVAL_ADDR="127.0.0.1:0", DATA_DIR=str(tmp_path), LOG_LEVEL="WARNING")
     started = time.monotonic()
     result = subprocess.run(

@@ -10,9 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
+from devstack.credentials import role_channel, shared_test_credentials
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.calibration import load_markdown
 from retrieval_service.config import Config
@@ -37,7 +37,12 @@ def kb_template(tmp_path_factory: pytest.TempPathFactory, embedding: MiniLMEmbed
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return Config(addr="127.0.0.1:0", data_dir=tmp_path / "data", collection="test_kb")
+    return Config(
+        addr="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        collection="test_kb",
+        auth=shared_test_credentials().server_auth(),
+    )
 
 
 @pytest.fixture
@@ -79,11 +84,11 @@ async def populated_stub(
     """A server whose knowledge base starts as the sample KB (a copy of the session template)."""
     shutil.copytree(kb_template / "chroma", config.data_dir / "chroma")
     server: StartedServer = await make_server()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         yield retrieval_stub(channel)
 
 
 @pytest.fixture
 async def stub(server: StartedServer) -> AsyncIterator[retrieval_pb2_grpc.RetrievalServiceStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         yield retrieval_stub(channel)

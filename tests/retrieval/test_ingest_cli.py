@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from devstack import free_port
+from devstack.credentials import role_channel
 from retrieval_service.ingest_cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTED, main
 from retrieval_service.server import StartedServer
 from support.v1 import retrieval_pb2
@@ -38,7 +38,7 @@ async def _cli(*args: str) -> int:
 
 
 async def _stats(server: StartedServer) -> retrieval_pb2.GetStatsResponse:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
         reply: retrieval_pb2.GetStatsResponse = await stub.GetStats(
             retrieval_pb2.GetStatsRequest(), timeout=10
@@ -47,7 +47,7 @@ async def _stats(server: StartedServer) -> retrieval_pb2.GetStatsResponse:
 
 
 async def _search(server: StartedServer, **fields: Any) -> retrieval_pb2.SearchResponse:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
         reply: retrieval_pb2.SearchResponse = await stub.Search(
             retrieval_pb2.SearchRequest(**fields), timeout=10

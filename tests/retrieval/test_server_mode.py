@@ -18,7 +18,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack import free_port
+from devstack import free_port, stop_process
+from devstack.credentials import role_channel
 from support.v1 import retrieval_pb2
 from tests.retrieval.conftest import KB_DIR, ServerFactory
 from tests.retrieval.helpers import kb_documents, retrieval_stub
@@ -76,12 +77,7 @@ def chroma_server(tmp_path: Path) -> Iterator[ChromaServer]:
         _wait_ready(port, process)
         yield ChromaServer(port, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
         log.close()
 
 
@@ -91,8 +87,8 @@ async def test_two_replicas_share_one_chroma_server(
     first = await make_server(chroma_host="127.0.0.1", chroma_port=chroma_server.port)
     second = await make_server(chroma_host="127.0.0.1", chroma_port=chroma_server.port)
     async with (
-        grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as one,
-        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as two,
+        role_channel(f"127.0.0.1:{first.port}") as one,
+        role_channel(f"127.0.0.1:{second.port}") as two,
     ):
         writer = retrieval_stub(one)
         reader = retrieval_stub(two)
@@ -134,7 +130,7 @@ async def test_chroma_server_lost_and_back(
     server = await make_server(chroma_host="127.0.0.1", chroma_port=chroma_server.port)
     chroma_server.process.terminate()
     chroma_server.process.wait(timeout=10)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await stub.Search(retrieval_pb2.SearchRequest(query="refunds"), timeout=30)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.credentials import role_channel
 from retrieval_service.server import SERVICE_NAME, StartedServer
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 from tests.retrieval.conftest import KB_DIR
@@ -25,7 +26,7 @@ async def _ingest_kb(stub: Stub, root: Path = KB_DIR) -> retrieval_pb2.IngestDoc
 
 
 async def test_health_is_serving(server: StartedServer) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", SERVICE_NAME):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
@@ -221,7 +222,7 @@ async def test_bad_documents_are_rejected_and_the_rest_ingested(stub: Stub, make
 
 async def test_oversized_batch_is_invalid_argument(make_server) -> None:
     server = await make_server(max_batch_documents=2)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
         docs = [retrieval_pb2.Document(doc_id=f"{i}.md", content="text") for i in range(3)]
         with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -282,7 +283,7 @@ async def test_searches_are_answered_while_an_ingest_runs(populated_stub: Stub) 
 
 
 async def _health(port: int) -> int:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with role_channel(f"127.0.0.1:{port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
         )
@@ -291,7 +292,7 @@ async def _health(port: int) -> int:
 
 async def test_damaged_store_is_unavailable_and_not_serving(make_server, config) -> None:
     server = await make_server()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
         doc = retrieval_pb2.Document(doc_id="a.md", content="# A\n\nRefunds within 30 days.")
         await stub.IngestDocuments(retrieval_pb2.IngestDocumentsRequest(documents=[doc]), timeout=30)

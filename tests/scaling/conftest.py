@@ -30,6 +30,7 @@ from agent_service.conversation_store import ConversationStore
 from agent_service.server import StartedServer as AgentStarted
 from agent_service.server import start_server as start_agent_server
 from devstack import free_port
+from devstack.credentials import caller_interceptors
 from devstack.inprocess import agent_config, kb_documents, loopback, retrieval_config, tools_config
 from devstack.inprocess import ingest as ingest_documents
 from retrieval_service.adapters.embedding import MiniLMEmbedding
@@ -52,55 +53,62 @@ def _redis_binary() -> str | None:
     )
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port (no persistence), for the whole session."""
+@dataclasses.dataclass
+class RedisServer:
+    """A throwaway redis-server process on a free loopback port (no persistence)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    workdir: Path
+
+
+def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
+    """Starts redis-server (skips the test when it is not installed) and waits until it answers PING."""
     binary = _redis_binary()
     if binary is None:
         pytest.skip("redis-server is not installed (make test installs Debian's redis-server)")
-    workdir = tmp_path_factory.mktemp("redis")
-    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
     log = (workdir / "redis.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    command += ["--dir", str(workdir), "--protected-mode", "yes"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     try:
-        client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + 20
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
+                stop_redis(RedisServer(process, url, workdir))
                 pytest.fail(f"redis-server did not start: {(workdir / 'redis.log').read_text()[-2000:]}")
             try:
                 if client.ping():
                     break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        client.close()
-        yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        client.close()
+    return RedisServer(process, url, workdir)
+
+
+def stop_redis(server: RedisServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (no persistence), for the whole session."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        stop_redis(server)
 
 
 @pytest.fixture
@@ -218,7 +226,7 @@ async def start_agent(tmp_path: Path, tools: ToolsStarted) -> AsyncIterator[Star
         # Each replica has its own data dir: with Redis, nothing on disk is shared.
         dials = {"retrieval_addr": retrieval_addr, "tools_addr": loopback(tools.port)}
         started = await start_agent_server(agent_config(tmp_path / name, **{**dials, **overrides}))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}", interceptors=caller_interceptors())
         running.append((started, channel))
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         return Replica(started, stub, name)

@@ -16,6 +16,7 @@ from redis.crc import key_slot
 
 from agent_service.adapters.redis_store import RedisConversationStore
 from agent_service.domain import TurnResult
+from agent_service.errors import StoreUnavailableError
 from devstack import free_port
 
 
@@ -113,11 +114,13 @@ async def test_an_injected_client_stays_open(redis_url: str, key_prefix: str) ->
 
 
 async def test_redis_down_fails_fast_with_a_redis_error() -> None:
+    """... surfaced as the domain's StoreUnavailableError (→ UNAVAILABLE), the Redis error as its cause."""
     store = RedisConversationStore.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_timeout_seconds=1.0)
     started = time.monotonic()
     try:
-        with pytest.raises(redis.RedisError):
+        with pytest.raises(StoreUnavailableError) as raised:
             await store.load("conv-1")
+        assert isinstance(raised.value.__cause__, redis.RedisError)
     finally:
         await store.close()
     assert time.monotonic() - started < 10
@@ -164,8 +167,9 @@ async def test_a_hung_redis_fails_the_call_within_the_retry_budget() -> None:
     )
     started = time.monotonic()
     try:
-        with pytest.raises(redis.TimeoutError):
+        with pytest.raises(StoreUnavailableError) as raised:
             await store.load("conv-1")
+        assert isinstance(raised.value.__cause__, redis.TimeoutError)
     finally:
         await store.close()
         for writer in connections:

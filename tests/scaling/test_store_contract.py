@@ -184,6 +184,21 @@ async def test_lease_expires_when_the_holder_dies(make_store: StoreFactory) -> N
     assert not await crashed.acquire_lock("conv-1", "someone-else", 30)
 
 
+async def test_renewal_keeps_the_lease_past_its_first_expiry_for_its_holder_only(
+    make_store: StoreFactory,
+) -> None:
+    holder, other = make_store(), make_store()
+    assert await holder.acquire_lock("conv-1", "turn-a", 0.6)
+    assert not await other.renew_lock("conv-1", "turn-b", 30)  # not its lease
+    for _ in range(4):  # 1.2 s in all: twice the lease
+        await asyncio.sleep(0.3)
+        assert await holder.renew_lock("conv-1", "turn-a", 0.6)
+        assert not await other.acquire_lock("conv-1", "turn-b", 30)
+    await holder.release_lock("conv-1", "turn-a")
+    assert not await holder.renew_lock("conv-1", "turn-a", 30)  # released: nothing to renew
+    assert await other.acquire_lock("conv-1", "turn-b", 30)
+
+
 async def test_close_is_clean(make_store: StoreFactory) -> None:
     store = make_store()
     await store.append_turn(TurnResult("conv-1", "t1"))

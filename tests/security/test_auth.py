@@ -1,5 +1,6 @@
-"""Service authentication (service_kit.auth) against real servers: bearer token required on every RPC except
-health; rotation; reflection gated; tokens never logged; the agent forwarding its token to the other services."""
+"""Bearer tokens (service_kit.auth) against real servers: a token required on every RPC except health; rotation
+(several tokens per role); reflection gated; tokens never logged; the agent forwarding its `service` token to the
+other services. Roles and scoping: tests/security/test_principals.py."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def tools_config(tmp_path: Path, **environ: str) -> ToolsConfig:
 
 @pytest.fixture
 async def tools_with_auth(tmp_path: Path) -> AsyncIterator[ToolsStarted]:
-    started = await start_tools_server(tools_config(tmp_path, SERVICE_AUTH_TOKENS=f"{TOKEN},{OLD_TOKEN}"))
+    # Two `service` tokens (rotation); ListTools is open to a service caller without a customer id.
+    started = await start_tools_server(tools_config(tmp_path, AUTH_TOKENS_SERVICE=f"{TOKEN},{OLD_TOKEN}"))
     yield started
     await started.stop(None)
 
@@ -132,7 +134,7 @@ async def test_health_open_to_probes_reflection_needs_token(tools_with_auth: Too
 
 async def test_reflection_can_be_opened(tmp_path: Path) -> None:
     started = await start_tools_server(
-        tools_config(tmp_path, SERVICE_AUTH_TOKEN=TOKEN, SERVICE_AUTH_ALLOW_REFLECTION="true")
+        tools_config(tmp_path, AUTH_TOKENS_SERVICE=TOKEN, AUTH_ALLOW_REFLECTION="true")
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{started.port}") as channel:
@@ -155,38 +157,46 @@ async def test_tokens_never_logged(tools_with_auth: ToolsStarted, caplog: pytest
         text = f"{record.getMessage()} {record.__dict__}"
         for token in (TOKEN, WRONG, OLD_TOKEN):
             assert token not in text
-    assert TOKEN not in repr(auth.AuthConfig.with_token(TOKEN))
+    assert TOKEN not in repr(auth.AuthConfig.with_tokens({"service": [TOKEN]}, outbound_role="service"))
 
 
-async def test_auth_off_by_default(tmp_path: Path) -> None:
-    started = await start_tools_server(tools_config(tmp_path))
-    try:
-        assert await _list_tools(started.port, ()) == grpc.StatusCode.OK
-    finally:
-        await started.stop(None)
+async def test_no_credentials_no_service(tmp_path: Path) -> None:
+    """Issue 13: authentication is never off by default; without credentials the service does not start."""
+    with pytest.raises(ConfigError, match="no credentials configured"):
+        tools_config(tmp_path)
+    with pytest.raises(ConfigError):  # the old shared-token variable is refused, not silently ignored
+        tools_config(tmp_path, SERVICE_AUTH_TOKEN=TOKEN)
 
 
-def test_config_from_env() -> None:
-    assert not auth.AuthConfig.from_env({}).enabled
-    config = auth.AuthConfig.from_env({"SERVICE_AUTH_TOKENS": f" {TOKEN} , {OLD_TOKEN} "})
-    assert config.accepted_tokens == (TOKEN, OLD_TOKEN) and config.outbound_token == TOKEN
+def test_config_from_env(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        auth.AuthConfig.from_env({})
     config = auth.AuthConfig.from_env(
-        {"SERVICE_AUTH_TOKEN": TOKEN, "SERVICE_AUTH_TOKENS": f"{OLD_TOKEN},{TOKEN}"}
+        {"AUTH_TOKENS_SERVICE": f" {TOKEN} , {OLD_TOKEN} "}, outbound_role="service"
     )
-    assert config.accepted_tokens == (TOKEN, OLD_TOKEN) and config.outbound_token == TOKEN
+    assert config.tokens("service") == (TOKEN, OLD_TOKEN) and config.outbound_token == TOKEN
+    file = tmp_path / "credentials.json"
+    file.write_text(f'{{"service": ["{OLD_TOKEN}"], "staff": ["{WRONG}"]}}')
+    config = auth.AuthConfig.from_env(
+        {"AUTH_CREDENTIALS_FILE": str(file), "AUTH_TOKENS_SERVICE": TOKEN}, outbound_role="service"
+    )
+    assert config.tokens("service") == (OLD_TOKEN, TOKEN) and config.tokens("staff") == (WRONG,)
+    assert config.outbound_token == OLD_TOKEN
     for bad in ("short", "has space in the token xx", "tab\ttoken-0123456789abc"):
         with pytest.raises(ConfigError):
-            auth.AuthConfig.from_env({"SERVICE_AUTH_TOKEN": bad})
+            auth.AuthConfig.from_env({"AUTH_TOKENS_SERVICE": bad})
+    with pytest.raises(ConfigError):  # the agent must have a service token to call the others with
+        auth.AuthConfig.from_env({"AUTH_TOKENS_BACKEND": TOKEN}, outbound_role="service")
     assert auth.outbound_metadata([("x-customer-id", "c")], auth.AuthConfig()) == (("x-customer-id", "c"),)
     assert auth.outbound_metadata(
-        [("authorization", "Bearer forged")], auth.AuthConfig.with_token(TOKEN)
+        [("authorization", "Bearer forged")], auth.AuthConfig(outbound_token=TOKEN)
     ) == (("authorization", f"Bearer {TOKEN}"),)
     assert auth.token_matches(TOKEN, (OLD_TOKEN, TOKEN)) and not auth.token_matches(WRONG, (OLD_TOKEN, TOKEN))
     assert not auth.token_matches("ünïcode", (TOKEN,))
 
 
 async def test_client_interceptors_and_sync_channel(tools_with_auth: ToolsStarted) -> None:
-    config = auth.AuthConfig.with_token(TOKEN)
+    config = auth.AuthConfig(outbound_token=TOKEN)
     addr = f"127.0.0.1:{tools_with_auth.port}"
     async with grpc.aio.insecure_channel(addr, interceptors=auth.client_interceptors(config)) as channel:
         stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -206,16 +216,25 @@ async def test_client_interceptors_and_sync_channel(tools_with_auth: ToolsStarte
 
 @pytest.fixture
 async def stack_with_auth(tmp_path: Path, embedding: MiniLMEmbedding) -> AsyncIterator[InProcessStack]:
-    with_token = {"auth": auth.AuthConfig.from_env({"SERVICE_AUTH_TOKEN": TOKEN})}
+    # TOKEN is the backend's token; the agent calls the others with its service token OLD_TOKEN.
+    tokens = {"backend": [TOKEN], "service": [OLD_TOKEN], "kb_admin": [WRONG]}
+    with_token = {"auth": auth.AuthConfig.with_tokens(tokens, outbound_role="service")}
     stack = InProcessStack(
-        tmp_path, embedding, documents=[], agent_overrides=with_token, tools_overrides=with_token
+        tmp_path,
+        embedding,
+        documents=[],
+        agent_overrides=with_token,
+        tools_overrides=with_token,
+        retrieval_overrides={"auth": auth.AuthConfig.with_tokens(tokens)},
     )
     async with stack:
         yield stack
 
 
 async def test_agent_requires_token(stack_with_auth: InProcessStack) -> None:
-    stub = stack_with_auth.agent_stub()
+    channel = grpc.aio.insecure_channel(stack_with_auth.agent_addr)  # sends no token of its own
+    stack_with_auth.channels.append(channel)
+    stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Chat(
             agent_pb2.ChatRequest(conversation_id="c-auth", message="hi"), metadata=CUSTOMER, timeout=10
@@ -225,7 +244,9 @@ async def test_agent_requires_token(stack_with_auth: InProcessStack) -> None:
 
 async def test_agent_forwards_its_token_to_tools(stack_with_auth: InProcessStack) -> None:
     """With auth on everywhere, the agent's own calls to tools must authenticate: the order lookup succeeds."""
-    stub = stack_with_auth.agent_stub()
+    channel = grpc.aio.insecure_channel(stack_with_auth.agent_addr)
+    stack_with_auth.channels.append(channel)
+    stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
     reply = await stub.Chat(
         agent_pb2.ChatRequest(conversation_id="c-auth-2", message="Where is my order ORD-12345?"),
         metadata=(*CUSTOMER, *bearer(TOKEN)),
@@ -238,16 +259,23 @@ async def test_agent_forwards_its_token_to_tools(stack_with_auth: InProcessStack
 
 @pytest.mark.slow
 def test_processes_configured_from_the_environment(tmp_path: Path) -> None:
-    """The three services as processes with SERVICE_AUTH_TOKEN set: start-up health checks and the KB ingest
-    (with the token) work, strangers are refused on every port, the agent answers a caller with the token."""
+    """The three services as processes with AUTH_TOKENS_<ROLE> set (as compose or Kubernetes inject secrets, no
+    credentials file): start-up health checks and the KB ingest (kb_admin) work, strangers are refused on every
+    port, the agent answers a backend caller with the token."""
+    tokens = {
+        "AUTH_CREDENTIALS_FILE": "",
+        "AUTH_TOKENS_BACKEND": TOKEN,
+        "AUTH_TOKENS_SERVICE": OLD_TOKEN,
+        "AUTH_TOKENS_KB_ADMIN": WRONG,
+    }
     stack = ProcessStack(
         tmp_path / "stack",
         environ=isolated_environ(),
-        env={"LOG_LEVEL": "INFO", "SERVICE_AUTH_TOKEN": TOKEN},
+        env={"LOG_LEVEL": "INFO", **tokens},
         log_dir=tmp_path / "logs",
     )
     try:
-        asyncio.run(stack.start_all(SAMPLE_KB))  # waits on health (exempt) and ingests with the token
+        asyncio.run(stack.start_all(SAMPLE_KB))  # waits on health (exempt) and ingests as kb_admin
         for name, service in (
             ("agent", "support.v1.AgentService"),
             ("tools", "support.v1.ToolsService"),
@@ -272,6 +300,6 @@ def test_processes_configured_from_the_environment(tmp_path: Path) -> None:
             reply = agent.Chat(request, metadata=(*CUSTOMER, *bearer(TOKEN)), timeout=20)
             assert reply.reply.strip()
         logs = "\n".join(path.read_text(errors="replace") for path in stack.log_paths())
-        assert TOKEN not in logs
+        assert TOKEN not in logs and OLD_TOKEN not in logs and WRONG not in logs
     finally:
         stack.stop_all()

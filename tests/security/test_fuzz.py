@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from devstack.credentials import role_sync_channel
 from devstack.inprocess import InProcessStack, kb_documents
 from devstack.loop_thread import LoopThread
 from retrieval_service.adapters.embedding import MiniLMEmbedding
@@ -306,9 +307,11 @@ def stack(
 @pytest.fixture(scope="module")
 def channels(stack: InProcessStack) -> Iterator[dict[str, grpc.Channel]]:
     opened = {
-        "tools": grpc.insecure_channel(stack.tools_addr),
-        "retrieval": grpc.insecure_channel(stack.retrieval_addr),
-        "agent": grpc.insecure_channel(stack.agent_addr),
+        # Each call carries the token of the role it means (devstack.credentials.role_for_call), so fuzzed
+        # input reaches validation instead of the authentication check.
+        "tools": role_sync_channel(stack.tools_addr),
+        "retrieval": role_sync_channel(stack.retrieval_addr),
+        "agent": role_sync_channel(stack.agent_addr),
     }
     yield opened
     for channel in opened.values():

@@ -121,7 +121,10 @@ def pii_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack
 
 @pytest.mark.slow
 def test_stack_logs_hold_no_pii(pii_stack: ProcessStack) -> None:
-    metadata = (("x-customer-id", "cust-001"),)
+    assert pii_stack.credentials is not None
+    # The customer-facing backend acting for cust-001 (the agent), the agent's service role (tools).
+    metadata = pii_stack.credentials.metadata("backend", customer_id="cust-001")
+    service_metadata = pii_stack.credentials.metadata("service", customer_id="cust-001")
     with grpc.insecure_channel(pii_stack.addrs["agent"]) as channel:
         agent = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         replies = []
@@ -159,12 +162,12 @@ def test_stack_logs_hold_no_pii(pii_stack: ProcessStack) -> None:
                 arguments_json=json.dumps({"order_id": f"{EMAIL} {CARD}"}),
                 conversation_id="pii-5",
             ),
-            metadata=metadata,
+            metadata=service_metadata,
             timeout=10,
         )
         with pytest.raises(grpc.RpcError):
             tools.LookupOrderStatus(
-                tools_pb2.LookupOrderStatusRequest(order_id=CARD_PLAIN), metadata=metadata, timeout=10
+                tools_pb2.LookupOrderStatusRequest(order_id=CARD_PLAIN), metadata=service_metadata, timeout=10
             )
     # The turns really exercised the paths: a tool call, an escalation, the offline fallback.
     assert any(call.name == "lookup_order_status" for reply in replies for call in reply.tool_calls)

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from devstack.credentials import role_channel, shared_test_credentials
 from support.v1 import tools_pb2_grpc
 from tools_service.config import Config
 from tools_service.orders import Order, OrderBackend
@@ -54,7 +55,9 @@ StartTools = Callable[..., Awaitable[Tools]]
 
 @pytest.fixture
 def base_config(tmp_path: Path) -> Config:
-    return Config(addr="127.0.0.1:0", data_dir=tmp_path / "data")
+    return Config(
+        addr="127.0.0.1:0", data_dir=tmp_path / "data", auth=shared_test_credentials().server_auth()
+    )
 
 
 @pytest.fixture
@@ -65,7 +68,7 @@ async def start_tools(base_config: Config) -> AsyncIterator[StartTools]:
     async def start(backend: OrderBackend | None = None, **overrides: Any) -> Tools:
         config = dataclasses.replace(base_config, **overrides)
         started = await start_server(config, order_backend=backend)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{started.port}")
+        channel = role_channel(f"127.0.0.1:{started.port}")
         tools = Tools(started, channel, tools_pb2_grpc.ToolsServiceStub(channel), config)  # type: ignore[no-untyped-call]
         running.append(tools)
         return tools

@@ -13,10 +13,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.credentials import shared_test_credentials
 from service_kit.env import ConfigError
 from tools_service.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Every service needs credentials to start (service_kit.auth).
+TOKENS = shared_test_credentials().token_environ()
 
 
 async def test_health_serving_for_service_and_empty_name(tools):
@@ -27,7 +30,7 @@ async def test_health_serving_for_service_and_empty_name(tools):
 
 
 def test_config_defaults_and_overrides():
-    config = Config.from_env({})
+    config = Config.from_env(TOKENS)
     assert config.addr == "127.0.0.1:50053"
     assert config.order_id_pattern == r"^ORD-\d{5}$"
     assert config.tool_timeout_seconds == 10.0
@@ -50,6 +53,7 @@ def test_config_defaults_and_overrides():
             "ORDER_API_AUTH_HEADER": "Authorization: Bearer t",
             "ORDER_API_RETRIES": "0",
             "TOOL_LIMIT_IDENTICAL_CALLS": "5",
+            **TOKENS,
         }
     )
     assert config.addr == "0.0.0.0:6000"
@@ -70,13 +74,13 @@ def test_config_defaults_and_overrides():
 )
 def test_bad_config_fails_fast(environ):
     with pytest.raises(ConfigError):
-        Config.from_env(environ)
+        Config.from_env({**TOKENS, **environ})
 
 
 @pytest.mark.slow
 def test_process_serves_and_stops_cleanly_on_sigterm(tmp_path, unused_port):
     addr = f"127.0.0.1:{unused_port}"
-    env = {**os.environ, "TOOLS_ADDR": addr, "DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **TOKENS, "TOOLS_ADDR": addr, "DATA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "tools_service"],
         env=env,

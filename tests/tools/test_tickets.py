@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Awaitable
 from typing import Any
@@ -99,16 +100,17 @@ async def test_100_concurrent_model_escalations_through_execute_tool(start_tools
         assert conn.execute("SELECT COUNT(*) FROM tickets").fetchone()[0] == 1
 
 
-async def test_same_key_different_payload_is_already_exists(tools):
+async def test_same_key_different_payload_returns_the_existing_ticket(tools):
+    # Issue 13: a retried escalation whose payload changed (the agent rewrote its summary) is the same
+    # escalation; the customer gets the ticket that exists instead of "the helpdesk is unreachable".
     first = await escalate(tools, escalation(key="k1"))
-    error = await expect_code(
-        escalate(tools, escalation(key="k1", reason="Something else entirely")),
-        grpc.StatusCode.ALREADY_EXISTS,
-    )
-    assert first.ticket.ticket_id in error.details()
-    # Another customer replaying the key is a different payload too.
-    await expect_code(escalate(tools, escalation(key="k1"), metadata=CUST_2), grpc.StatusCode.ALREADY_EXISTS)
-    # Through ExecuteTool it is a structured conflict error.
+    retried = await escalate(tools, escalation(key="k1", reason="Something else entirely"))
+    assert retried.ticket.ticket_id == first.ticket.ticket_id and not retried.created
+    # Another customer replaying the key (same conversation id) gets a ticket of its own, never this one.
+    other = await escalate(tools, escalation(key="k1"), metadata=CUST_2)
+    assert other.created and other.ticket.ticket_id != first.ticket.ticket_id
+    assert other.ticket.customer_id == "cust-002"
+    # Through ExecuteTool it is the existing ticket too, not an error.
     request = tools_pb2.ExecuteToolRequest(
         tool_name="escalate_to_human",
         arguments_json='{"reason": "Different", "priority": "low"}',
@@ -116,7 +118,8 @@ async def test_same_key_different_payload_is_already_exists(tools):
         idempotency_key="k1",
     )
     response = await tools.stub.ExecuteTool(request, metadata=CUST_1, timeout=5)
-    assert response.error.code == tools_pb2.TOOL_ERROR_CODE_CONFLICT
+    assert not response.HasField("error")
+    assert json.loads(response.content_json)["ticket_id"] == first.ticket.ticket_id
 
 
 async def test_without_key_one_open_ticket_per_conversation(tools):
@@ -350,3 +353,31 @@ async def test_tickets_survive_a_restart(start_tools):
     with sqlite3.connect(second.config.db_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM orders WHERE order_id = 'ORD-12345'").fetchone()[0] == 1
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_a_database_from_before_customer_keys_is_migrated(start_tools, tmp_path):
+    """Tickets written when they were keyed by conversation alone keep working after the upgrade, and the same
+    conversation id from another customer now opens that customer's own ticket."""
+    from tools_service.adapters.sqlite_db import SCHEMA
+
+    data_dir = tmp_path / "old-data"
+    data_dir.mkdir()
+    old_schema = SCHEMA.replace(
+        "UNIQUE (customer_id, conversation_id, idempotency_key)", "UNIQUE (conversation_id, idempotency_key)"
+    ).replace(
+        "tickets_one_open_per_customer_conversation\n    ON tickets (customer_id, conversation_id)",
+        "tickets_one_open_per_conversation\n    ON tickets (conversation_id)",
+    )
+    with sqlite3.connect(data_dir / "tools.sqlite3") as conn:
+        conn.executescript(old_schema)
+        conn.execute(
+            "INSERT INTO tickets (ticket_id, conversation_id, customer_id, priority, reason_code, reason, summary,"
+            " tools_tried, sources, status, estimated_wait, idempotency_key, payload_hash, create_time,"
+            " update_time) VALUES ('TKT-OLD', 'conv-t', 'cust-001', 'medium', 'customer_request', 'r', 's',"
+            " '[]', '[]', 'open', 'about 30 minutes', 'k1', 'h', 1, 1)"
+        )
+    tools = await start_tools(data_dir=data_dir)
+    mine = await escalate(tools, escalation(key="k1"))
+    assert mine.ticket.ticket_id == "TKT-OLD" and not mine.created
+    theirs = await escalate(tools, escalation(key="k1"), metadata=CUST_2)
+    assert theirs.created and theirs.ticket.ticket_id != "TKT-OLD"

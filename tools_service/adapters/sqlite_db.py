@@ -40,11 +40,11 @@ CREATE TABLE IF NOT EXISTS tickets (
     payload_hash    TEXT NOT NULL,
     create_time     REAL NOT NULL,
     update_time     REAL NOT NULL,
-    UNIQUE (conversation_id, idempotency_key)
+    UNIQUE (customer_id, conversation_id, idempotency_key)
 );
--- At most one open (OPEN or ASSIGNED) ticket per conversation.
-CREATE UNIQUE INDEX IF NOT EXISTS tickets_one_open_per_conversation
-    ON tickets (conversation_id) WHERE status IN ('open', 'assigned');
+-- At most one open (OPEN or ASSIGNED) ticket per conversation of a customer.
+CREATE UNIQUE INDEX IF NOT EXISTS tickets_one_open_per_customer_conversation
+    ON tickets (customer_id, conversation_id) WHERE status IN ('open', 'assigned');
 CREATE INDEX IF NOT EXISTS tickets_by_customer ON tickets (customer_id, create_time);
 
 CREATE TABLE IF NOT EXISTS ticket_messages (
@@ -57,6 +57,36 @@ CREATE TABLE IF NOT EXISTS ticket_messages (
 );
 CREATE INDEX IF NOT EXISTS ticket_messages_by_ticket ON ticket_messages (ticket_id, id);
 """
+
+
+_TICKET_COLUMNS = (
+    "ticket_id, conversation_id, customer_id, priority, reason_code, reason, summary, tools_tried, sources, "
+    "status, assignee, resolution_note, estimated_wait, idempotency_key, payload_hash, create_time, update_time"
+)
+
+
+def _migrate_tickets_to_customer_keys(conn: sqlite3.Connection) -> None:
+    """A database written before tickets were keyed by customer (UNIQUE (conversation_id, idempotency_key)) is
+    rebuilt with the (customer_id, conversation_id, ...) keys, keeping every ticket and message: new table, copy,
+    drop, rename, with foreign keys off and in one transaction (SQLite's documented way to change a table's
+    constraints). SCHEMA then recreates the indexes."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tickets'").fetchone()
+    if row is None or "UNIQUE (conversation_id, idempotency_key)" not in row[0]:
+        return
+    create = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS tickets") :]
+    create = create[: create.index(");") + 2].replace("IF NOT EXISTS tickets", "tickets_customer_keys", 1)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(create)
+        conn.execute(
+            f"INSERT INTO tickets_customer_keys ({_TICKET_COLUMNS}) SELECT {_TICKET_COLUMNS} FROM tickets"
+        )
+        conn.execute("DROP TABLE tickets")
+        conn.execute("ALTER TABLE tickets_customer_keys RENAME TO tickets")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SqliteDatabase:
@@ -73,6 +103,7 @@ class SqliteDatabase:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
+        _migrate_tickets_to_customer_keys(conn)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
         self._conn = conn

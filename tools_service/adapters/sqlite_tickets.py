@@ -1,12 +1,14 @@
-"""Helpdesk tickets in SQLite. Idempotency and "one open ticket per conversation" are UNIQUE constraints."""
+"""Helpdesk tickets in SQLite, keyed by (customer_id, conversation_id). Idempotency and "one open ticket per
+conversation of a customer" are UNIQUE constraints."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 
 from tools_service.adapters.sqlite_db import SqliteDatabase, transaction
-from tools_service.errors import ConflictError, FailedPreconditionError, NotFoundError
+from tools_service.errors import FailedPreconditionError, NotFoundError, RateLimitedError
 from tools_service.tickets import PRIORITIES, Escalation, Source, Ticket, TicketMessage, new_ticket_id
 
 _INSERT = """
@@ -17,6 +19,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
 """
 _ID_ATTEMPTS = 3
+
+logger = logging.getLogger(__name__)
 
 
 def _load(conn: sqlite3.Connection, ticket_id: str) -> Ticket | None:
@@ -99,19 +103,23 @@ class SqliteTicketStore:
                     return _require(tx, candidate), True
                 if key is not None:
                     row = tx.execute(
-                        "SELECT * FROM tickets WHERE conversation_id = ? AND idempotency_key = ?",
-                        (escalation.conversation_id, key),
+                        "SELECT * FROM tickets WHERE customer_id = ? AND conversation_id = ? "
+                        "AND idempotency_key = ?",
+                        (escalation.customer_id, escalation.conversation_id, key),
                     ).fetchone()
                     if row is not None:
                         if row["payload_hash"] != payload_hash:
-                            raise ConflictError(
-                                "This idempotency key was already used for a different escalation "
-                                f"({row['ticket_id']})."
+                            # A retry whose summary or reason was rewritten is still the same escalation: the
+                            # customer gets the ticket that exists, never "the helpdesk is unreachable".
+                            logger.info(
+                                "escalation retried with a changed payload; returning the existing ticket",
+                                extra={"ticket_id": row["ticket_id"]},
                             )
                         return _ticket(tx, row), False
                 row = tx.execute(
-                    "SELECT * FROM tickets WHERE conversation_id = ? AND status IN ('open', 'assigned')",
-                    (escalation.conversation_id,),
+                    "SELECT * FROM tickets WHERE customer_id = ? AND conversation_id = ? "
+                    "AND status IN ('open', 'assigned')",
+                    (escalation.customer_id, escalation.conversation_id),
                 ).fetchone()
                 if row is not None:
                     if PRIORITIES.index(escalation.priority) > PRIORITIES.index(row["priority"]):
@@ -180,12 +188,18 @@ class SqliteTicketStore:
 
         return await self._db.run(lambda conn: transaction(conn, resolve))
 
-    async def append_message(self, ticket_id: str, message: TicketMessage) -> Ticket:
+    async def append_message(self, ticket_id: str, message: TicketMessage, max_messages: int) -> Ticket:
         def append(tx: sqlite3.Connection) -> Ticket:
             ticket = _require(tx, ticket_id)
             if ticket.status == "resolved":
                 raise FailedPreconditionError(
                     f"Ticket {ticket_id} is resolved; messages can no longer be added."
+                )
+            if len(ticket.messages) >= max_messages:
+                raise RateLimitedError(
+                    f"Ticket {ticket_id} reached its limit of {max_messages} messages.",
+                    limit="messages_per_ticket",
+                    retry_after_seconds=0,
                 )
             tx.execute(
                 "INSERT INTO ticket_messages (ticket_id, author, author_name, text, create_time) VALUES (?, ?, ?, ?, ?)",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -19,6 +22,8 @@ logger = logging.getLogger(__name__)
 CUSTOMER_ID_KEY = "x-customer-id"
 AUTHORIZATION_KEY = "authorization"
 REQUEST_ID_KEY = "x-request-id"
+DEFAULT_CREDENTIALS_FILE = "data/credentials.json"
+CALLER_ROLE = "backend"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_RETRY_BACKOFF_SECONDS = 0.1
 
@@ -28,6 +33,29 @@ Metadata = tuple[tuple[str, str], ...]
 def new_turn_id() -> str:
     """A fresh client turn id. Keep it to retry a turn yourself: the agent returns the stored result."""
     return uuid.uuid4().hex
+
+
+def configured_token(role: str = CALLER_ROLE) -> str | None:
+    """The token a caller acting as `role` finds in its environment: AUTH_TOKEN, else the first of
+    AUTH_TOKENS_<ROLE>, else the role's first token in AUTH_CREDENTIALS_FILE (default data/credentials.json,
+    which the repository's `make run` writes). None when there is none."""
+    token = os.environ.get("AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    listed = [item.strip() for item in os.environ.get(f"AUTH_TOKENS_{role.upper()}", "").split(",")]
+    if any(listed):
+        return next(item for item in listed if item)
+    path = Path(os.environ.get("AUTH_CREDENTIALS_FILE", "").strip() or DEFAULT_CREDENTIALS_FILE)
+    try:
+        credentials = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    tokens = credentials.get(role) if isinstance(credentials, dict) else None
+    if isinstance(tokens, str):
+        return tokens or None
+    if isinstance(tokens, list) and tokens and isinstance(tokens[0], str):
+        return tokens[0] or None
+    return None
 
 
 def _check_timeout(timeout: float | None, name: str = "timeout") -> None:
@@ -44,7 +72,10 @@ class AgentClient:
     `target` is any gRPC target (`host:port`, `dns:///name:port`). The channel is insecure unless
     `credentials` is given; pass `channel=` to use (and keep owning) a channel you built yourself.
     `customer_id` and `auth_token` are sent as `x-customer-id` and `authorization: Bearer <token>` metadata on
-    every call (a per-call `customer_id=` overrides the default). `timeout` (seconds, None for none) bounds each
+    every call (a per-call `customer_id=` overrides the default). The agent serves a customer-facing backend
+    acting for one customer: both are required. Without `auth_token`, the client uses `configured_token()`:
+    AUTH_TOKEN, AUTH_TOKENS_BACKEND or the `backend` token of AUTH_CREDENTIALS_FILE (default
+    data/credentials.json, written by `make run`); pass `auth_token=""` to send none. `timeout` (seconds, None for none) bounds each
     call including its one retry. Calls fail with an `AgentError` subclass, never a raw grpc error.
     """
 
@@ -64,8 +95,10 @@ class AgentClient:
         _check_timeout(timeout)
         if retry_backoff < 0:
             raise ValueError(f"retry_backoff must be >= 0, got {retry_backoff!r}")
-        if auth_token is not None and (not auth_token or any(char.isspace() for char in auth_token)):
+        if auth_token and any(char.isspace() for char in auth_token):
             raise ValueError("auth_token must be a non-empty token without whitespace")
+        if auth_token is None:
+            auth_token = configured_token()
         if channel is not None and credentials is not None:
             raise ValueError("pass either channel= or credentials=, not both")
         self.target = target
