@@ -140,51 +140,22 @@ def role_for_call(method: str, metadata: Any) -> tuple[str, tuple[tuple[str, str
     return auth.SERVICE, ()
 
 
-class _PerCall:
-    def __init__(self, credentials: Credentials) -> None:
-        self._credentials = credentials
+def _per_call(credentials: Credentials) -> auth.MetadataRewrite:
+    """Adds, to a call without its own `authorization`, the token and headers of the role `role_for_call` picks."""
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        pairs = [(key, value) for key, value in (details.metadata or ())]
+    def rewrite(method: str, pairs: list[tuple[str, str]]) -> Sequence[tuple[str, str]]:
         if any(key.lower() == auth.AUTHORIZATION_KEY for key, _ in pairs):
-            return details  # the test chose its own credentials
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+            return pairs  # the test chose its own credentials
         role, headers = role_for_call(method, pairs)
-        pairs += [*headers, (auth.AUTHORIZATION_KEY, f"Bearer {self._credentials.token(role)}")]
-        return grpc.aio.ClientCallDetails(
-            details.method,
-            details.timeout,
-            grpc.aio.Metadata(*pairs),
-            details.credentials,
-            details.wait_for_ready,
-        )
+        return [*pairs, *headers, (auth.AUTHORIZATION_KEY, f"Bearer {credentials.token(role)}")]
 
-
-class _UnaryUnary(_PerCall, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _UnaryStream(_PerCall, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _StreamUnary(_PerCall, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _StreamStream(_PerCall, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details), request)
+    return rewrite
 
 
 def caller_interceptors(credentials: Credentials | None = None) -> list[grpc.aio.ClientInterceptor]:
     """grpc.aio client interceptors that add, to each call without its own `authorization`, the token of the
     role `role_for_call` picks (default credentials: `shared_test_credentials()`)."""
-    chosen = credentials or shared_test_credentials()
-    return [_UnaryUnary(chosen), _UnaryStream(chosen), _StreamUnary(chosen), _StreamStream(chosen)]
+    return auth.metadata_interceptors(_per_call(credentials or shared_test_credentials()))
 
 
 def role_channel(address: str, credentials: Credentials | None = None) -> grpc.aio.Channel:
@@ -192,60 +163,9 @@ def role_channel(address: str, credentials: Credentials | None = None) -> grpc.a
     return grpc.aio.insecure_channel(address, interceptors=caller_interceptors(credentials))
 
 
-class _SyncPerCall(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    def __init__(self, credentials: Credentials) -> None:
-        self._credentials = credentials
-
-    def _details(self, details: Any) -> Any:
-        pairs = [(key, value) for key, value in (details.metadata or ())]
-        if any(key.lower() == auth.AUTHORIZATION_KEY for key, _ in pairs):
-            return details
-        role, headers = role_for_call(details.method, pairs)
-        caller = auth.AuthConfig(outbound_token=self._credentials.token(role), outbound_headers=headers)
-        return _SyncDetails(
-            details.method,
-            details.timeout,
-            auth.outbound_metadata(pairs, caller),
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-@dataclass(frozen=True)
-class _SyncDetails(grpc.ClientCallDetails):  # type: ignore[misc]
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
-
-
 def role_sync_channel(address: str, credentials: Credentials | None = None) -> grpc.Channel:
     """A blocking insecure channel whose calls carry the role `role_for_call` picks (closing it closes the
     underlying channel)."""
-    return grpc.intercept_channel(
-        grpc.insecure_channel(address), _SyncPerCall(credentials or shared_test_credentials())
+    return auth.intercept_sync_metadata(
+        grpc.insecure_channel(address), _per_call(credentials or shared_test_credentials())
     )

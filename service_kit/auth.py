@@ -528,39 +528,61 @@ def _pairs(metadata: Any) -> list[tuple[str, str]]:
     return [(key, value) for key, value in (metadata or ())]
 
 
-class _AsyncAuth:
-    def __init__(self, config: AuthConfig) -> None:
-        self._config = config
+# Rewrites a call's outgoing metadata: (full method name, metadata pairs) -> the pairs to send.
+MetadataRewrite = Callable[[str, list[tuple[str, str]]], Sequence[tuple[str, str]]]
+
+
+def _method_name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class _AsyncRewrite:
+    def __init__(self, rewrite: MetadataRewrite) -> None:
+        self._rewrite = rewrite
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*outbound_metadata(_pairs(details.metadata), self._config))
+        metadata = grpc.aio.Metadata(*self._rewrite(_method_name(details.method), _pairs(details.metadata)))
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
 
-class _AsyncUnaryUnary(_AsyncAuth, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _AsyncUnaryUnary(_AsyncRewrite, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
 
-class _AsyncUnaryStream(_AsyncAuth, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _AsyncUnaryStream(_AsyncRewrite, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
 
-class _AsyncStreamUnary(_AsyncAuth, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _AsyncStreamUnary(_AsyncRewrite, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-class _AsyncStreamStream(_AsyncAuth, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _AsyncStreamStream(_AsyncRewrite, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._details(client_call_details), request_iterator)
+
+
+def metadata_interceptors(rewrite: MetadataRewrite) -> list[grpc.aio.ClientInterceptor]:
+    """grpc.aio client interceptors (all four call kinds) that send what `rewrite` makes of each call's metadata."""
+    return [
+        _AsyncUnaryUnary(rewrite),
+        _AsyncUnaryStream(rewrite),
+        _AsyncStreamUnary(rewrite),
+        _AsyncStreamStream(rewrite),
+    ]
+
+
+def _rewrite_for(config: AuthConfig) -> MetadataRewrite:
+    return lambda _method, pairs: outbound_metadata(pairs, config)
 
 
 def client_interceptors(config: AuthConfig) -> list[grpc.aio.ClientInterceptor]:
@@ -569,28 +591,23 @@ def client_interceptors(config: AuthConfig) -> list[grpc.aio.ClientInterceptor]:
     """
     if not _sends_anything(config):
         return []
-    return [
-        _AsyncUnaryUnary(config),
-        _AsyncUnaryStream(config),
-        _AsyncStreamUnary(config),
-        _AsyncStreamStream(config),
-    ]
+    return metadata_interceptors(_rewrite_for(config))
 
 
-class _SyncAuth(
+class _SyncRewrite(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
     grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
     grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
-    def __init__(self, config: AuthConfig) -> None:
-        self._config = config
+    def __init__(self, rewrite: MetadataRewrite) -> None:
+        self._rewrite = rewrite
 
     def _details(self, details: Any) -> Any:
         return _SyncCallDetails(
             details.method,
             details.timeout,
-            outbound_metadata(_pairs(details.metadata), self._config),
+            tuple(self._rewrite(_method_name(details.method), _pairs(details.metadata))),
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
@@ -623,8 +640,13 @@ class _SyncCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
     compression: Any
 
 
+def intercept_sync_metadata(channel: grpc.Channel, rewrite: MetadataRewrite) -> grpc.Channel:
+    """A synchronous channel whose calls send what `rewrite` makes of their metadata."""
+    return grpc.intercept_channel(channel, _SyncRewrite(rewrite))
+
+
 def intercept_sync_channel(channel: grpc.Channel, config: AuthConfig) -> grpc.Channel:
     """A synchronous channel (CLIs, probes) that sends `config`'s token; `channel` itself when it sends none."""
     if not _sends_anything(config):
         return channel
-    return grpc.intercept_channel(channel, _SyncAuth(config))
+    return intercept_sync_metadata(channel, _rewrite_for(config))
