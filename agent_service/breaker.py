@@ -3,7 +3,10 @@
 CLOSED: calls go to the primary model; `failure_threshold` consecutive failures open the breaker.
 OPEN: calls go straight to the fallback for `cooldown_seconds`. Then HALF_OPEN: one trial call goes to the
 primary — success closes the breaker, failure re-opens it. A primary failure inside a call is answered by the
-fallback in the same call, so the turn still gets a reply (`ModelResult.fallback` is then true).
+fallback in the same call, so the turn still gets a reply (`ModelResult.fallback` is then true). A request the
+server refused for its shape (`ModelRequestError`, a 400/422) is answered by the fallback too, but is neither
+a success nor a failure of the model: it never opens the breaker for other conversations; nor is a call cut
+short by the turn's own deadline (`ModelOutOfTimeError`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from agent_service import metrics
-from agent_service.errors import ModelUnavailableError
+from agent_service.errors import ModelOutOfTimeError, ModelRequestError, ModelUnavailableError
 from agent_service.model_port import ModelEvent, ModelPort, ModelRequest, ModelResult, TextChunk
 from agent_service.texts import FALLBACK_NOTE
 
@@ -111,6 +114,19 @@ class FallbackModel:
                         settled = True
                     yield event
                 return
+            except (ModelRequestError, ModelOutOfTimeError) as error:
+                # The server is up and refused this request's shape, or this turn ran out of time: other
+                # conversations keep the model.
+                self.breaker.release_trial()
+                settled = True
+                logger.warning(
+                    "model call not usable; answering with the fallback engine",
+                    extra={
+                        "model": self._primary.name,
+                        "fallback": self._fallback.name,
+                        "error_type": type(error).__name__,
+                    },
+                )
             except ModelUnavailableError:
                 self.breaker.record_failure()
                 settled = True

@@ -33,6 +33,8 @@ class Config:
     openai_model: str = "gpt-4o"
     openai_temperature: float = 0.3
     model_timeout_seconds: float = 30.0
+    # Upper bound on the tokens one model call may generate (sent as `max_tokens`).
+    model_max_tokens: int = 512
     model_max_retries: int = 2
     model_retry_backoff_seconds: float = 0.25
     # Circuit breaker around the configured model.
@@ -125,6 +127,7 @@ class Config:
             openai_model=env_str("OPENAI_MODEL", "gpt-4o", environ),
             openai_temperature=temperature,
             model_timeout_seconds=env_float("MODEL_TIMEOUT_SECONDS", 30.0, environ, minimum=0.001),
+            model_max_tokens=env_int("MODEL_MAX_TOKENS", 512, environ, minimum=1),
             model_max_retries=env_int("MODEL_MAX_RETRIES", 2, environ, minimum=0),
             model_retry_backoff_seconds=env_float("MODEL_RETRY_BACKOFF_SECONDS", 0.25, environ, minimum=0.0),
             breaker_failure_threshold=env_int("MODEL_BREAKER_FAILURES", 3, environ, minimum=1),

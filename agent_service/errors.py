@@ -53,5 +53,15 @@ class ModelUnavailableError(AgentError):
     """The configured model failed after its retries (timeout, 429, 5xx, malformed reply)."""
 
 
+class ModelRequestError(ModelUnavailableError):
+    """The model's server refused the request's shape (400/422): the model is up, the request was wrong.
+    Answered with the fallback like any failure, but never retried and never counted by the breaker."""
+
+
+class ModelOutOfTimeError(ModelUnavailableError):
+    """The turn had no time left for (another attempt of) the model call: the caller's deadline, not the
+    model, ran out. Answered with the fallback; not counted by the breaker."""
+
+
 class DuplicateTurnError(AgentError):
     """A turn with this turn_id is already stored (a concurrent retry won the race)."""

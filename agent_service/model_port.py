@@ -32,6 +32,9 @@ class ModelRequest:
     hits: Sequence[KbHit] = ()
     # The escalation policy's decision on the user message, when a trigger fired.
     escalation_hint: EscalationDecision | None = None
+    # Seconds the turn has left for this call (attempts, retries and backoff included); None: no limit but
+    # the adapter's own timeout. At or below zero the adapter fails at once (→ the fallback engine).
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)

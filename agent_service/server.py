@@ -53,6 +53,7 @@ def build_model(config: Config) -> ModelPort:
         base_url=config.openai_base_url,
         temperature=config.openai_temperature,
         timeout_seconds=config.model_timeout_seconds,
+        max_tokens=config.model_max_tokens,
         max_retries=config.model_max_retries,
         backoff_seconds=config.model_retry_backoff_seconds,
     )

@@ -252,4 +252,5 @@ def _turn_request(
         turn_id=request.turn_id,
         customer_id=_customer_scope(),
         stream=stream,
+        time_budget_seconds=context.time_remaining(),
     )

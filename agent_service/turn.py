@@ -92,6 +92,9 @@ from service_kit.redact import redact
 logger = logging.getLogger(__name__)
 audit = logging.getLogger("agent_service.audit")
 
+# Of the turn's time budget, what model calls leave for persisting and replying (the smaller of the two).
+MAX_REPLY_RESERVE_SECONDS = 2.0
+REPLY_RESERVE_SHARE = 0.2
 NEUTRAL_SUMMARY = "See the conversation transcript in the support console."
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 # The digest a withheld or truncated stored message ends with (texts.withheld_message, truncated_message).
@@ -126,6 +129,8 @@ class _Turn:
     usage: UsageInfo = field(default_factory=UsageInfo)
     # The input guardrail's rules that blocked the message ("" when it was not blocked).
     blocked_by: str = ""
+    # The event-loop time by which every model call must be over (leaving time to persist and reply).
+    model_deadline: float = float("inf")
 
     @property
     def log_ids(self) -> dict[str, str]:
@@ -255,7 +260,10 @@ class TurnRunner:
             logger.warning("turn shed: too many turns in flight", extra={"active_turns": self._active})
             raise OverloadedError("the agent is at capacity; retry shortly")
         self._active += 1
-        deadline = asyncio.get_running_loop().time() + self._settings.turn_deadline_seconds
+        budget = self._settings.turn_deadline_seconds
+        if request.time_budget_seconds is not None:
+            budget = max(0.0, min(budget, request.time_budget_seconds))
+        deadline = asyncio.get_running_loop().time() + budget
         try:
             replayed = await self._replayed(request)
             if replayed is not None:
@@ -271,6 +279,9 @@ class TurnRunner:
                         yield FinalEvent(replayed)
                         return
                     turn = _Turn(request, request.turn_id or uuid.uuid4().hex, time.time())
+                    turn.model_deadline = deadline - min(
+                        MAX_REPLY_RESERVE_SECONDS, REPLY_RESERVE_SHARE * budget
+                    )
                     async with self._deadline(turn, deadline):
                         conversation = await self._load_owned(request)
                         self._check_room(conversation)
@@ -604,6 +615,7 @@ class TurnRunner:
         used_ids: set[str] = set()
         for round_index in range(self._settings.max_tool_rounds):
             result: ModelResult | None = None
+            left = turn.model_deadline - asyncio.get_running_loop().time()
             model_request = ModelRequest(
                 messages=tuple(messages),
                 tools=tools,
@@ -611,6 +623,7 @@ class TurnRunner:
                 user_message=request.message,
                 hits=turn.hits,
                 escalation_hint=policy_decision,
+                timeout=None if left == float("inf") else left,
             )
             async for chunk in self._model.generate(model_request):
                 if isinstance(chunk, TextChunk):

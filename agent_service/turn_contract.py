@@ -138,6 +138,9 @@ class TurnRequest:
     # From the caller's `x-customer-id` metadata; "" when the caller did not say.
     customer_id: str = ""
     stream: bool = False
+    # Seconds the caller still waits (its gRPC deadline) when the turn starts; None: no caller deadline. The
+    # turn then ends by the sooner of this and TURN_DEADLINE_SECONDS, model calls leaving time to reply.
+    time_budget_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ but the id itself is never written.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import hashlib
 import json
@@ -28,8 +29,12 @@ LOG_ID_PREFIX = "h:"
 
 
 def log_id(value: str) -> str:
-    """The digest an identifier is logged as: ``h:`` and the first 16 hex digits of its SHA-256."""
-    return LOG_ID_PREFIX + hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+    """The digest an identifier is logged as: ``h:`` and 16 base32 characters (a-z, 2-7) of its SHA-256.
+
+    Not hex: a hex digest is all digits now and then, and 16 digits can pass the Luhn check, so a log scanner
+    would rightly report it as a card number."""
+    digest = hashlib.sha256(value.encode("utf-8")).digest()
+    return LOG_ID_PREFIX + base64.b32encode(digest[:10]).decode("ascii").lower()
 
 
 def _hashed(value: Any) -> Any:

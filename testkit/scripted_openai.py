@@ -1,7 +1,11 @@
 """A scripted OpenAI-compatible Chat Completions server (aiohttp), so the real `openai` client is exercised.
 
-A responder decides each reply from the request body. Replies can be text, tool calls, HTTP errors, delays,
-hangs or malformed bodies; `stream: true` requests get Server-Sent Events with content and tool-call deltas,
+A responder decides each reply from the request body. Replies can be text, tool calls, HTTP errors (with the
+server's message as the body), delays, hangs, malformed bodies or a stream error inside an HTTP 200 (as an
+`error:` line, the way some llama.cpp builds report it, or as a `data: {"error": ...}` event). The failure modes
+of real servers are responders here too: `unbounded` (generation without `max_tokens` never ends) and
+`strict_template` (a chat template that refuses a second system message or roles that do not alternate);
+a tool call written as plain JSON text is just a `Reply(content=...)`; `stream: true` requests get Server-Sent Events with content and tool-call deltas,
 the way OpenAI streams them. Every request body is recorded in `requests`.
 
     server = ScriptedOpenAIServer([Reply(tool_calls=[ToolCallSpec("lookup_order_status", '{"order_id": "ORD-12345"}')]),
@@ -45,6 +49,13 @@ class Reply:
     completion_tokens: int = 20
     # Characters per streamed content delta.
     chunk_chars: int = 8
+    # A streamed reply that fails inside its HTTP 200: after the role chunk, an error and the end of the
+    # stream (no finish reason, no [DONE]). Written as an `error:` line or, with `stream_error_as_data`, as a
+    # `data: {"error": {...}}` event.
+    stream_error: str = ""
+    stream_error_as_data: bool = False
+    # The finish reason sent (default: "tool_calls" with tool calls, else "stop").
+    finish_reason: str = ""
 
 
 Responder = Callable[[Request], "Reply | Awaitable[Reply]"]
@@ -157,6 +168,14 @@ class ScriptedOpenAIServer:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
         await send({"role": "assistant", "content": ""})
+        if reply.stream_error:
+            error = {"code": 500, "message": reply.stream_error, "type": "server_error"}
+            if reply.stream_error_as_data:
+                await response.write(f"data: {json.dumps({'error': error})}\n\n".encode())
+            else:
+                await response.write(f"error: {json.dumps(error)}\n\n".encode())
+            await response.write_eof()
+            return response
         if reply.malformed:
             await response.write(b"data: {not json\n\n")
             await response.write_eof()
@@ -183,7 +202,7 @@ class ScriptedOpenAIServer:
             half = len(call.arguments) // 2
             for piece in (call.arguments[:half], call.arguments[half:]):
                 await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-        await send({}, "tool_calls" if reply.tool_calls else "stop")
+        await send({}, _finish_reason(reply))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage_chunk = {
                 "id": completion_id,
@@ -197,6 +216,10 @@ class ScriptedOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _finish_reason(reply: Reply) -> str:
+    return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
 
 
 def _usage(reply: Reply) -> dict[str, int]:
@@ -227,7 +250,7 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
-                "finish_reason": "tool_calls" if reply.tool_calls else "stop",
+                "finish_reason": _finish_reason(reply),
             }
         ],
         "usage": _usage(reply),
@@ -256,6 +279,52 @@ def tool_then_answer(request: Request) -> Reply:
     if not has_tool_result(request):
         return Reply(tool_calls=[ToolCallSpec("lookup_order_status", '{"order_id": "ORD-12345"}')])
     return Reply(content="Your order ORD-12345 has shipped; tracking number 1Z999AA10123456784.")
+
+
+def unbounded(request: Request) -> Reply:
+    """A model that, asked without `max_tokens`, never stops generating (here: never answers); with it, writes
+    `max_tokens` words and stops for length."""
+    limit = request.get("max_tokens") or request.get("max_completion_tokens")
+    if not isinstance(limit, int):
+        return Reply(hang=True)
+    return Reply(content=" ".join(["more"] * limit), completion_tokens=limit, finish_reason="length")
+
+
+TEMPLATE_ERROR = "Conversation roles must alternate user/assistant/user/assistant/..."
+
+
+def template_violation(request: Request) -> str:
+    """What a strict chat template (Mistral's, Gemma's) would object to in the request; "" when nothing."""
+    roles = [str(message.get("role")) for message in request.get("messages", [])]
+    if roles.count("system") > 1 or "system" in roles[1:]:
+        return TEMPLATE_ERROR
+    turns = [role for role in roles if role in ("user", "assistant")]
+    if any(a == b == "user" for a, b in itertools.pairwise(turns)):
+        return TEMPLATE_ERROR
+    return ""
+
+
+def strict_template(script: Responder | Sequence[Reply], status: int = 400) -> Responder:
+    """`script` behind a strict chat template: a request it objects to gets `status` with the template's
+    message (400 like Mistral's server, 500 like some llama.cpp builds), before `script` sees it."""
+    inner = script if callable(script) else _sequence(script)
+
+    def respond(request: Request) -> Reply | Awaitable[Reply]:
+        problem = template_violation(request)
+        if problem:
+            return Reply(status=status, content=problem)
+        return inner(request)
+
+    return respond
+
+
+def _sequence(script: Sequence[Reply]) -> Responder:
+    replies = list(script)
+
+    def next_reply(_: Request) -> Reply:
+        return replies.pop(0) if replies else Reply(status=500, content="script exhausted")
+
+    return next_reply
 
 
 SCRIPTS: dict[str, Responder] = {"tool-then-answer": tool_then_answer}

@@ -32,6 +32,8 @@ class Config:
     limit_escalations_per_customer_per_minute: int = 30
     # Messages a ticket takes (customer and human agent together); more are RESOURCE_EXHAUSTED.
     ticket_max_messages: int = 500
+    # Resolved tickets older than this are deleted with their messages (None: kept).
+    ticket_retention_seconds: float | None = None
     order_backend: str = "sqlite"
     order_api_url: str | None = None
     # "Header-Name: value", e.g. "Authorization: Bearer s3cret".
@@ -85,6 +87,11 @@ class Config:
                 "TOOL_LIMIT_ESCALATIONS_PER_CUSTOMER_PER_MINUTE", 30, environ, minimum=1
             ),
             ticket_max_messages=env_int("TICKET_MAX_MESSAGES", 500, environ, minimum=1),
+            ticket_retention_seconds=(
+                env_float("TICKET_RETENTION_SECONDS", 0.0, environ, minimum=1.0)
+                if env_opt("TICKET_RETENTION_SECONDS", environ)
+                else None
+            ),
             order_backend=backend,
             order_api_url=api_url,
             order_api_auth_header=auth_header,

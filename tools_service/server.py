@@ -15,6 +15,7 @@ from tools_service.adapters.sqlite_tickets import SqliteTicketStore
 from tools_service.config import Config
 from tools_service.limits import CallLimiter, Limits, WindowLimiter
 from tools_service.orders import OrderBackend, OrderService
+from tools_service.retention import start_retention
 from tools_service.servicer import PERMISSIONS, ToolsServicer
 from tools_service.tickets import TicketService
 from tools_service.tools import ToolRunner
@@ -55,8 +56,11 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
             order_backend = await _configured_order_backend(config, db)
         closers.append(order_backend.close)
         orders = OrderService(order_backend, config.order_id_pattern, config.tool_timeout_seconds)
+        ticket_store = SqliteTicketStore(db)
+        if config.ticket_retention_seconds is not None:
+            closers.append(await start_retention(ticket_store, config.ticket_retention_seconds))
         tickets = TicketService(
-            SqliteTicketStore(db),
+            ticket_store,
             config.tool_timeout_seconds,
             max_messages=config.ticket_max_messages,
             escalation_limiter=WindowLimiter(

@@ -104,10 +104,65 @@ class ToolSpec:
     parameters: dict[str, Any]
 
     def openai_tool(self) -> dict[str, Any]:
+        """The definition the model gets: the schema with portable patterns (see `portable_schema`); the
+        tools service itself validates against the strict `parameters`."""
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": portable_schema(self.parameters),
+            },
         }
+
+
+_CLASS_SHORTHANDS = {"d": "0-9", "w": "A-Za-z0-9_"}
+
+
+def portable_pattern(pattern: str) -> str:
+    """A regular expression that grammar-based servers (llama.cpp's JSON-schema-to-grammar) can compile:
+    `\\d`/`\\w` spelt as character classes and the outer `^`/`$` anchors dropped (a JSON Schema pattern the
+    model must fill is matched whole by such servers anyway). ``^ORD-\\d{5}$`` → ``ORD-[0-9]{5}``."""
+    out: list[str] = []
+    in_class = False
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            escaped = pattern[index + 1]
+            shorthand = _CLASS_SHORTHANDS.get(escaped)
+            if shorthand is None:
+                out.append(char + escaped)
+            else:
+                out.append(shorthand if in_class else f"[{shorthand}]")
+            index += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class:
+            in_class = False
+        out.append(char)
+        index += 1
+    text = "".join(out)
+    if text.startswith("^"):
+        text = text[1:]
+    if text.endswith("$") and not text.endswith("\\$"):
+        text = text[:-1]
+    return text
+
+
+def portable_schema(schema: Any) -> Any:
+    """`schema` with every string `pattern` made portable (`portable_pattern`); everything else as is."""
+    if isinstance(schema, dict):
+        return {
+            key: portable_pattern(value)
+            if key == "pattern" and isinstance(value, str)
+            else portable_schema(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [portable_schema(item) for item in schema]
+    return schema
 
 
 def tool_specs(order_id_pattern: str) -> tuple[ToolSpec, ...]:

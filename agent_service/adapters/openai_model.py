@@ -5,15 +5,26 @@ Streaming and non-streaming; streamed tool-call deltas are assembled by their `i
 by us, not the client (`max_retries=0`), so the policy is in one place. A stream is only retried before its
 first text chunk went out; after that a failure is final for this call. Anything left raises
 `ModelUnavailableError`, which the circuit breaker turns into a fallback answer.
+
+Request-shape errors (400/422: a chat template that refuses the messages, a schema the server cannot compile)
+are not the model being down: they are never retried, the server's message is logged (truncated, redacted),
+and they raise `ModelRequestError`, which the breaker answers with the fallback without counting a failure.
+A 500 whose body blames the chat template is retried at most once. A stream that reports an error inside an
+HTTP 200, or ends with no content, no tool calls and no finish reason, is a failed call, not an empty answer.
+Every call sends `max_tokens`, and each attempt's timeout fits inside `ModelRequest.timeout` (the time the
+turn has left for the model). A reply whose whole content is one JSON tool call (`{"name": ..., "arguments":
+...}` naming a tool of the request, with arguments its schema accepts) is turned into that tool call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +32,36 @@ import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from agent_service import metrics
-from agent_service.errors import ModelUnavailableError
+from agent_service.errors import ModelOutOfTimeError, ModelRequestError, ModelUnavailableError
 from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from service_kit import observability
+from service_kit.redact import redact
 
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
+MAX_LOGGED_ERROR_CHARS = 300
+# A 500 whose message says this is a chat-template failure: retrying it gives the same answer.
+_TEMPLATE_ERROR = re.compile(r"template|jinja|roles? must alternate|role .{0,20}not supported", re.IGNORECASE)
+
+
+class _EmptyStreamError(ValueError):
+    """A 200 stream that carried an error or ended with nothing in it."""
+
+
+def _request_shape_error(error: BaseException) -> bool:
+    return isinstance(error, openai.APIStatusError) and error.status_code in (400, 422)
+
+
+def _server_message(error: BaseException) -> str:
+    """The server's own explanation of a failure, truncated and redacted for the log."""
+    body = getattr(error, "body", None)
+    message: object = None
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, Mapping) else inner
+    text = str(message) if message else str(error)
+    return redact(text[:MAX_LOGGED_ERROR_CHARS])
 
 
 def _transient(error: BaseException) -> bool:
@@ -36,7 +70,11 @@ def _transient(error: BaseException) -> bool:
     # Timeouts, connection errors, bodies that do not parse.
     return isinstance(
         error,
-        openai.APITimeoutError | openai.APIConnectionError | openai.APIResponseValidationError | ValueError,
+        openai.APITimeoutError
+        | openai.APIConnectionError
+        | openai.APIResponseValidationError
+        | ValueError
+        | TimeoutError,
     )
 
 
@@ -69,12 +107,15 @@ class OpenAIModel:
         base_url: str | None,
         temperature: float = 0.3,
         timeout_seconds: float = 30.0,
+        max_tokens: int = 512,
         max_retries: int = 2,
         backoff_seconds: float = 0.25,
         client: AsyncOpenAI | None = None,
     ) -> None:
         self._model = model
         self._temperature = temperature
+        self._timeout = timeout_seconds
+        self._max_tokens = max_tokens
         self._max_retries = max_retries
         self._backoff = backoff_seconds
         self._client = client or AsyncOpenAI(
@@ -93,21 +134,32 @@ class OpenAIModel:
         await self._client.close()
 
     async def generate(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
+        loop = asyncio.get_running_loop()
+        # The whole call (attempts and backoff) ends by `until`: the turn's remaining time for the model.
+        until = None if request.timeout is None else loop.time() + request.timeout
         attempt = 0
+        template_retries = 0
         while True:
             emitted = False
             started = time.perf_counter()
+            timeout = self._timeout if until is None else min(self._timeout, until - loop.time())
+            # Cut short by the turn's budget rather than by our own timeout.
+            budget_bound = timeout < self._timeout
             try:
+                if timeout <= 0:
+                    raise TimeoutError("no time left in the turn for a model call")
+                attempt_until = loop.time() + timeout
                 with observability.genai_span("chat", self._model, provider="openai") as span:
                     if request.stream:
-                        async for event in self._stream_once(request):
+                        async for event in self._stream_once(request, attempt_until):
                             if isinstance(event, TextChunk):
                                 emitted = True
                             else:
                                 result = event
                             yield event
                     else:
-                        result = await self._complete_once(request)
+                        async with asyncio.timeout_at(attempt_until):
+                            result = await self._complete_once(request, seconds=timeout)
                         if result.content:
                             yield TextChunk(result.content)
                         yield result
@@ -124,38 +176,57 @@ class OpenAIModel:
                 return
             except openai.OpenAIError as error:
                 failure: BaseException = error
-            except ValueError as error:  # a body that is not JSON
+            except (ValueError, TimeoutError) as error:  # a body that is not JSON; out of time
                 failure = error
+            timed_out = isinstance(failure, openai.APITimeoutError | TimeoutError)
             metrics.record_model_call(
-                self._model,
-                time.perf_counter() - started,
-                outcome="timeout" if isinstance(failure, openai.APITimeoutError) else "error",
+                self._model, time.perf_counter() - started, outcome="timeout" if timed_out else "error"
             )
-            retryable = _transient(failure) and not emitted and attempt < self._max_retries
+            shape_error = _request_shape_error(failure)
+            template_error = (
+                isinstance(failure, openai.APIStatusError)
+                and failure.status_code >= 500
+                and bool(_TEMPLATE_ERROR.search(_server_message(failure)))
+            )
+            delay = min(MAX_BACKOFF_SECONDS, self._backoff * (2**attempt)) * (0.5 + random.random() / 2)
+            delay = max(delay, _retry_after(failure))
+            retryable = (
+                _transient(failure)
+                and not shape_error
+                and not emitted
+                and attempt < self._max_retries
+                and not (template_error and template_retries >= 1)
+                and (until is None or loop.time() + delay < until)
+            )
             logger.warning(
                 "model call failed",
                 extra={
                     "model": self._model,
                     "error_type": type(failure).__name__,
                     "status_code": getattr(failure, "status_code", None),
+                    "server_message": _server_message(failure),
                     "attempt": attempt + 1,
                     "will_retry": retryable,
                 },
             )
             if not retryable:
-                raise ModelUnavailableError(
-                    f"model {self._model} failed: {type(failure).__name__}"
-                ) from failure
-            delay = min(MAX_BACKOFF_SECONDS, self._backoff * (2**attempt)) * (0.5 + random.random() / 2)
-            delay = max(delay, _retry_after(failure))
+                error_class: type[ModelUnavailableError] = ModelUnavailableError
+                if shape_error:
+                    error_class = ModelRequestError
+                elif timed_out and budget_bound:
+                    error_class = ModelOutOfTimeError
+                raise error_class(f"model {self._model} failed: {type(failure).__name__}") from failure
             attempt += 1
+            template_retries += int(template_error)
             await asyncio.sleep(delay)
 
-    def _arguments(self, request: ModelRequest, stream: bool) -> dict[str, Any]:
+    def _arguments(self, request: ModelRequest, stream: bool, timeout: float) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self._model,
             "messages": list(request.messages),
             "temperature": self._temperature,
+            "max_tokens": self._max_tokens,
+            "timeout": timeout,
         }
         if request.tools:
             kwargs["tools"] = list(request.tools)
@@ -164,8 +235,10 @@ class OpenAIModel:
             kwargs["stream_options"] = {"include_usage": True}
         return kwargs
 
-    async def _complete_once(self, request: ModelRequest) -> ModelResult:
-        completion = await self._client.chat.completions.create(**self._arguments(request, stream=False))
+    async def _complete_once(self, request: ModelRequest, seconds: float) -> ModelResult:
+        completion = await self._client.chat.completions.create(
+            **self._arguments(request, stream=False, timeout=seconds)
+        )
         if not completion.choices:
             raise ValueError("completion without choices")
         message = completion.choices[0].message
@@ -174,31 +247,57 @@ class OpenAIModel:
             for call in (message.tool_calls or ())
             if getattr(call, "function", None) is not None
         )
+        content = message.content or ""
+        if not calls:
+            text_call = tool_call_in_text(content, request.tools)
+            if text_call is not None:
+                calls, content = (text_call,), ""
         usage = completion.usage
         return ModelResult(
-            content=message.content or "",
+            content=content,
             tool_calls=calls,
             model=completion.model or self._model,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
         )
 
-    async def _stream_once(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
-        stream = await self._client.chat.completions.create(**self._arguments(request, stream=True))
+    async def _stream_once(self, request: ModelRequest, until: float) -> AsyncIterator[ModelEvent]:
+        """One streamed attempt; every read is bounded by `until` (never the consumer's handling of a chunk).
+        Text that may be a tool call written as JSON (it starts with "{") is held back until it is known."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(until):
+            stream = await self._client.chat.completions.create(
+                **self._arguments(request, stream=True, timeout=max(0.001, until - loop.time()))
+            )
         text: list[str] = []
+        held = True  # while the text so far is blank or starts with "{"
         calls: dict[int, _PartialCall] = {}
         model_name = self._model
         prompt_tokens = completion_tokens = 0
-        async for chunk in stream:
+        finished = False
+        iterator = aiter(stream)
+        while True:
+            async with asyncio.timeout_at(until):
+                try:
+                    chunk = await anext(iterator)
+                except StopAsyncIteration:
+                    break
             model_name = chunk.model or model_name
             if chunk.usage is not None:
                 prompt_tokens = chunk.usage.prompt_tokens
                 completion_tokens = chunk.usage.completion_tokens
             for choice in chunk.choices:
                 delta = choice.delta
+                finished = finished or bool(choice.finish_reason)
                 if delta.content:
                     text.append(delta.content)
-                    yield TextChunk(delta.content)
+                    if held:
+                        so_far = "".join(text).lstrip()
+                        held = not so_far or so_far.startswith("{")
+                        if not held:
+                            yield TextChunk("".join(text))
+                    else:
+                        yield TextChunk(delta.content)
                 for call_delta in delta.tool_calls or ():
                     index = call_delta.index if call_delta.index is not None else 0
                     partial = calls.setdefault(index, _PartialCall())
@@ -210,13 +309,101 @@ class OpenAIModel:
                             partial.name += function.name
                         if function.arguments:
                             partial.arguments.append(function.arguments)
+        content = "".join(text)
+        if not content and not calls and not finished:
+            raise _EmptyStreamError("the stream ended with no content, no tool calls and no finish reason")
+        tool_calls = tuple(
+            ToolCallRequest(partial.id or f"call_{index}", partial.name, "".join(partial.arguments))
+            for index, partial in sorted(calls.items())
+        )
+        if held and not tool_calls:
+            text_call = tool_call_in_text(content, request.tools)
+            if text_call is not None:
+                tool_calls, content = (text_call,), ""
+            elif content:
+                yield TextChunk(content)
+        elif held and content:
+            yield TextChunk(content)
         yield ModelResult(
-            content="".join(text),
-            tool_calls=tuple(
-                ToolCallRequest(partial.id or f"call_{index}", partial.name, "".join(partial.arguments))
-                for index, partial in sorted(calls.items())
-            ),
+            content=content,
+            tool_calls=tool_calls,
             model=model_name,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+
+
+def tool_call_in_text(content: str, tools: Sequence[Mapping[str, Any]]) -> ToolCallRequest | None:
+    """The tool call a reply wrote as plain JSON text, when its whole content is one object
+    `{"name": <a tool of the request>, "arguments" | "parameters": {...}}` whose arguments the tool's schema
+    accepts; else None (the text is then an answer, and the output guardrail screens it)."""
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.strip("`").removeprefix("json").strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments", value.get("parameters"))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict) or set(value) - {"name", "arguments", "parameters", "type", "id"}:
+        return None
+    schema = _tool_schema(value["name"], tools)
+    if schema is None or not _arguments_fit(arguments, schema):
+        return None
+    call_id = value.get("id") if isinstance(value.get("id"), str) else ""
+    return ToolCallRequest(call_id or "call_text_0", value["name"], json.dumps(arguments))
+
+
+def _tool_schema(name: str, tools: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    for tool in tools:
+        function = tool.get("function")
+        if isinstance(function, Mapping) and function.get("name") == name:
+            parameters = function.get("parameters")
+            return parameters if isinstance(parameters, Mapping) else {}
+    return None
+
+
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+
+
+def _arguments_fit(arguments: Mapping[str, Any], schema: Mapping[str, Any]) -> bool:
+    """A small check of the arguments against the tool's object schema: required fields, no unknown fields
+    when the schema forbids them, types, enums and string patterns (the tools service validates in full)."""
+    properties = schema.get("properties") or {}
+    if any(key not in arguments for key in schema.get("required") or ()):
+        return False
+    if schema.get("additionalProperties") is False and set(arguments) - set(properties):
+        return False
+    for name, value in arguments.items():
+        spec = properties.get(name)
+        if not isinstance(spec, Mapping):
+            continue
+        expected = _JSON_TYPES.get(str(spec.get("type", "")))
+        if expected is not None and not isinstance(value, expected):
+            return False
+        if "enum" in spec and value not in spec["enum"]:
+            return False
+        pattern = spec.get("pattern")
+        if isinstance(pattern, str) and isinstance(value, str):
+            try:
+                if re.search(pattern, value) is None:
+                    return False
+            except re.error:
+                return False
+    return True

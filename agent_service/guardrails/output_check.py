@@ -1,8 +1,10 @@
-"""Screening what goes out: the model's reply, for system-prompt leakage and for links off the allow-list."""
+"""Screening what goes out: the model's reply, for internal markup (tool-call JSON, the untrusted-data fences,
+a tool schema block), system-prompt leakage and links off the allow-list."""
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from typing import Final
 from agent_service.domain import Flag
 from agent_service.guardrails.links import remove_unknown_links
 from agent_service.guardrails.normalise import fold
-from agent_service.texts import SAFE_REPLY_LEAK
+from agent_service.texts import DONT_KNOW, SAFE_REPLY_LEAK
 
 LEAK_MIN_WORDS: Final[int] = 8
 
@@ -23,6 +25,16 @@ class OutputVerdict:
 
 
 _WORD: Final[re.Pattern[str]] = re.compile(r"\w+")
+# Blocks whose whole content is internal: a tool schema, a chat template's tool-call wrapper.
+_INTERNAL_BLOCK: Final[re.Pattern[str]] = re.compile(
+    r"<\s*(tools|tool_call|tool_calls|function_calls?)\b[^<>]*>.*?(?:<\s*/\s*\1\s*>|\Z)",
+    re.IGNORECASE | re.DOTALL,
+)
+# The fences around untrusted data (the text between them may be quoted; the markup never).
+_INTERNAL_TAG: Final[re.Pattern[str]] = re.compile(
+    r"<\s*/?\s*(?:untrusted[\s_-]*data|tools|tool_calls?|function_calls?)\b[^<>]{0,300}>?", re.IGNORECASE
+)
+_DECODER: Final[json.JSONDecoder] = json.JSONDecoder()
 
 
 def _words(text: str) -> list[str]:
@@ -48,6 +60,59 @@ def _leak_detail(reply: str, system_prompt: str, min_words: int) -> str | None:
     return None
 
 
+def _is_tool_call(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("name"), str)
+        and ("arguments" in value or "parameters" in value)
+    ) or (
+        isinstance(value, dict)
+        and isinstance(value.get("function"), dict)
+        and _is_tool_call(value["function"])
+    )
+
+
+def _remove_tool_call_json(reply: str) -> tuple[str, int]:
+    """The reply without JSON objects shaped like a tool call ({"name": ..., "arguments"|"parameters": ...}),
+    and how many were removed."""
+    kept: list[str] = []
+    removed = 0
+    position = 0
+    while (start := reply.find("{", position)) != -1:
+        try:
+            value, end = _DECODER.raw_decode(reply, start)
+        except ValueError:
+            kept.append(reply[position : start + 1])
+            position = start + 1
+            continue
+        kept.append(reply[position:start])
+        if _is_tool_call(value):
+            removed += 1
+        else:
+            kept.append(reply[start:end])
+        position = end
+    kept.append(reply[position:])
+    return "".join(kept), removed
+
+
+def remove_internal_markup(reply: str) -> tuple[str, str | None]:
+    """(the reply without internal markup, a description of what was removed or None)."""
+    found: list[str] = []
+    text, count = _INTERNAL_BLOCK.subn("", reply)
+    if count:
+        found.append("tool schema/call block")
+    text, count = _remove_tool_call_json(text)
+    if count:
+        found.append("tool-call JSON")
+    text, count = _INTERNAL_TAG.subn("", text)
+    if count:
+        found.append("untrusted-data markup")
+    if not found:
+        return reply, None
+    text = re.sub(r"\n{3,}", "\n\n", text).strip()
+    return text, "removed " + ", ".join(found)
+
+
 def check_output(
     reply: str,
     system_prompt: str,
@@ -63,9 +128,16 @@ def check_output(
     "[link removed]". A link that also appears in the retrieved KB text (``known_links``: links, or whole
     chunks to extract them from) is removed all the same (a KB article is not a trust anchor) and its flag
     says so, so the operator can allow-list the domain. Pass only the behavioural system prompt, not the
-    KB context message.
+    KB context message. Internal markup — tool-call JSON, the ``<untrusted_data ...>`` fences, a ``<tools>``
+    block — is removed first (flag ``internal_markup``); a reply that was nothing else becomes the don't-know
+    answer.
     """
     flags: list[Flag] = []
+    reply, removed = remove_internal_markup(reply)
+    if removed is not None:
+        flags.append(Flag("output", "internal_markup", removed))
+        if not reply:
+            reply = DONT_KNOW
     leak = _leak_detail(reply, system_prompt, min_leak_words) if system_prompt.strip() else None
     if leak is not None:
         flags.append(Flag("output", "system_prompt_leak", leak))

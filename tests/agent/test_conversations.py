@@ -463,9 +463,11 @@ async def test_a_hand_back_resets_the_turn_cap(start_agent: StartAgent, tools: T
     assert "1-2 business days" in back.reply
 
 
-async def test_a_caller_deadline_cancels_the_turn_and_frees_the_conversation(
+async def test_a_model_slower_than_the_callers_deadline_is_answered_offline_and_frees_the_conversation(
     start_model: StartModel, start_agent: StartAgent
 ) -> None:
+    # Issue 18: before, a model slower than the caller's deadline ended the turn in DEADLINE_EXCEEDED. The
+    # model call is now budgeted against the caller's deadline: the offline engine answers in time.
     release = asyncio.Event()
 
     async def responder(request: dict[str, object]) -> Reply:
@@ -475,13 +477,12 @@ async def test_a_caller_deadline_cancels_the_turn_and_frees_the_conversation(
 
     model = await start_model(responder)
     agent = await start_agent(model_server=model)
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await agent.stub.Chat(
-            agent_pb2.ChatRequest(conversation_id="dl", message="How long does express shipping take?"),
-            metadata=CUSTOMER,
-            timeout=0.5,
-        )
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first = await agent.stub.Chat(
+        agent_pb2.ChatRequest(conversation_id="dl", message="How long does express shipping take?"),
+        metadata=CUSTOMER,
+        timeout=0.5,
+    )
+    assert first.usage.fallback and "1-2 business days" in first.reply
     release.set()
     await wait_for(lambda: agent.started.runner.active_turns == 0)
     again = await agent.stub.Chat(
@@ -489,6 +490,6 @@ async def test_a_caller_deadline_cancels_the_turn_and_frees_the_conversation(
         metadata=CUSTOMER,
         timeout=10,
     )
-    assert "1-2 business days" in again.reply
+    assert "1-2 business days" in again.reply and not again.usage.fallback
     transcript = await agent.stub.GetConversation(agent_pb2.GetConversationRequest(conversation_id="dl"))
-    assert len(transcript.turns) == 1  # the abandoned turn was not half-stored
+    assert len(transcript.turns) == 2

@@ -141,32 +141,35 @@ async def test_a_second_turn_is_aborted_while_a_slow_first_turn_outlives_its_lea
         await model.stop()
 
 
-async def test_a_turn_past_its_deadline_is_deadline_exceeded_and_the_next_one_runs(
+async def test_a_model_slower_than_the_turn_deadline_is_answered_offline_and_the_next_turn_runs(
     start_retrieval: StartRetrieval, start_agent: StartAgent, tmp_path: Path
 ) -> None:
+    # Issue 18: the model call is budgeted against the turn's deadline (TURN_DEADLINE_SECONDS, or the caller's
+    # if sooner): a model slower than that is answered by the offline engine in time, not DEADLINE_EXCEEDED.
+    # (A turn stopped at its deadline storing nothing is covered in tests/agent/test_turn_runner.py.)
     retrieval = await start_retrieval("retrieval")
-    replies = iter([Reply(content="late", delay=5.0), Reply(content="On time.")])
+    replies = iter([Reply(content="late", delay=10.0), Reply(content="On time.")])
     model = ScriptedOpenAIServer(lambda _: next(replies))
     await model.start()
     try:
         agent = await start_agent(
             "agent",
             retrieval_addr=f"127.0.0.1:{retrieval.port}",
-            turn_deadline_seconds=1.0,
+            turn_deadline_seconds=3.0,
             openai_base_url=model.base_url,
             openai_api_key="test-key",
             model_timeout_seconds=10.0,
         )
         request = agent_pb2.ChatRequest(conversation_id="conv-deadline", message="How do returns work?")
         started = time.monotonic()
-        with pytest.raises(grpc.aio.AioRpcError) as stopped:
-            await agent.stub.Chat(request, metadata=CUSTOMER, timeout=30)
-        assert stopped.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "longer than 1 s" in (stopped.value.details() or "")
-        assert time.monotonic() - started < 4
+        first = await agent.stub.Chat(request, metadata=CUSTOMER, timeout=30)
+        assert first.usage.fallback and time.monotonic() - started < 4
+        assert len(model.requests) == 1
         response = await agent.stub.Chat(
-            request, metadata=CUSTOMER, timeout=30
-        )  # lock released, nothing stored
+            agent_pb2.ChatRequest(conversation_id="conv-deadline", message="And how long do refunds take?"),
+            metadata=CUSTOMER,
+            timeout=30,
+        )  # the lock was released
         assert response.reply.startswith("On time.") and not response.replayed
     finally:
         await model.stop()

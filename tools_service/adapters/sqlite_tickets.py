@@ -188,6 +188,19 @@ class SqliteTicketStore:
 
         return await self._db.run(lambda conn: transaction(conn, resolve))
 
+    async def purge_resolved(self, resolved_before: float) -> int:
+        """Deletes tickets resolved (last updated) before `resolved_before`, with their messages; returns how
+        many. Open and assigned tickets are never purged, however old."""
+
+        def purge(tx: sqlite3.Connection) -> int:
+            stale = "SELECT ticket_id FROM tickets WHERE status = 'resolved' AND update_time < ?"
+            tx.execute(f"DELETE FROM ticket_messages WHERE ticket_id IN ({stale})", (resolved_before,))
+            return tx.execute(
+                "DELETE FROM tickets WHERE status = 'resolved' AND update_time < ?", (resolved_before,)
+            ).rowcount
+
+        return await self._db.run(lambda conn: transaction(conn, purge))
+
     async def append_message(self, ticket_id: str, message: TicketMessage, max_messages: int) -> Ticket:
         def append(tx: sqlite3.Connection) -> Ticket:
             ticket = _require(tx, ticket_id)
