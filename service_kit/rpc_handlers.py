@@ -3,6 +3,7 @@ behaviour (metrics, request context, authentication) needs, written once."""
 
 from __future__ import annotations
 
+import abc
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -68,8 +69,9 @@ class HandlerWrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
     def __init__(self) -> None:
         self._cache: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
+    @abc.abstractmethod
     def wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        raise NotImplementedError
+        """The handler to serve `full_method` with instead of `handler` (called once per method)."""
 
     async def intercept_service(
         self,
