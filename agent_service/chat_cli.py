@@ -1,7 +1,9 @@
 """`support-chat`: an interactive terminal client over AgentService.StreamChat.
 
 The reply is printed as it streams; sources, tool calls, escalations and guardrail flags are printed as they
-happen, on their own dimmed lines. Ctrl-D or /quit ends the session.
+happen, on their own dimmed lines. Meanwhile the conversation is watched (WatchConversation): when a human
+agent joins, replies or hands the conversation back, it is printed as it happens, even while you are waiting
+at the prompt. Ctrl-D or /quit ends the session.
 """
 
 from __future__ import annotations
@@ -81,6 +83,55 @@ async def chat_once(
         render_event(event, out)
 
 
+# Events of the conversation the customer did not cause with their own turn (those StreamChat prints).
+LIVE_KINDS = frozenset({"ticket_claimed", "human_reply", "hand_back"})
+WATCH_RETRY_SECONDS = 0.5
+
+
+def render_live_event(event: agent_pb2.ConversationEvent, out: TextIO) -> None:
+    """Prints a human's claim, reply or hand-back on its own line (and the prompt again when interactive)."""
+    kind = event.WhichOneof("event")
+    if kind == "ticket_claimed":
+        line = _dim(f"  [{event.ticket_claimed.text}]", out)
+    elif kind == "human_reply":
+        line = f"{event.human_reply.author_name or 'agent'}> {event.human_reply.text}"
+    elif kind == "hand_back":
+        line = _dim(f"  [{event.hand_back.text}]", out)
+    else:
+        return
+    prompt = "you> " if out.isatty() else ""
+    out.write(f"\r{line}\n{prompt}" if prompt else f"{line}\n")
+    out.flush()
+
+
+async def follow(
+    stub: agent_pb2_grpc.AgentServiceStub, conversation_id: str, customer_id: str, out: TextIO
+) -> None:
+    """Watches the conversation for as long as the session lasts and prints the human side as it arrives.
+    Until the conversation exists (before the first message) it waits; a dropped stream resumes from its
+    last offset."""
+    metadata = ((CUSTOMER_ID_KEY, customer_id),) if customer_id else ()
+    position = -1  # unknown: start live
+    while True:
+        request = agent_pb2.WatchConversationRequest(
+            conversation_id=conversation_id, after_offset=max(0, position), live_only=position < 0
+        )
+        try:
+            async for item in stub.WatchConversation(request, metadata=metadata):
+                if item.HasField("heartbeat"):
+                    position = max(position, item.heartbeat.end_offset)
+                    continue
+                position = item.event.offset
+                if item.event.WhichOneof("event") in LIVE_KINDS:
+                    render_live_event(item.event, out)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                return
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                position = 0  # a new conversation: everything from its first event
+        await asyncio.sleep(WATCH_RETRY_SECONDS)
+
+
 async def run(
     addr: str,
     conversation_id: str,
@@ -93,25 +144,36 @@ async def run(
     async with grpc.aio.insecure_channel(addr, interceptors=auth.client_interceptors(caller)) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
         out.write(f"support-chat: conversation {conversation_id} on {addr}. Ctrl-D or /quit to leave.\n")
-        while True:
-            try:
-                line = await asyncio.to_thread(input, "you> ")
-            except EOFError:
-                out.write("\n")
-                return 0
-            message = line.strip()
-            if not message:
-                continue
-            if message in {"/quit", "/exit"}:
-                return 0
-            out.write("bot> ")
-            out.flush()
-            try:
-                await chat_once(stub, conversation_id, message, customer_id, out)
-            except grpc.aio.AioRpcError as error:
-                out.write(f"\n[error] {error.code().name}: {error.details()}\n")
-                if error.code() == grpc.StatusCode.UNAVAILABLE:
-                    return 1
+        watcher = asyncio.create_task(follow(stub, conversation_id, customer_id, out))
+        try:
+            return await _session(stub, conversation_id, customer_id, out)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def _session(
+    stub: agent_pb2_grpc.AgentServiceStub, conversation_id: str, customer_id: str, out: TextIO
+) -> int:
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "you> ")
+        except EOFError:
+            out.write("\n")
+            return 0
+        message = line.strip()
+        if not message:
+            continue
+        if message in {"/quit", "/exit"}:
+            return 0
+        out.write("bot> ")
+        out.flush()
+        try:
+            await chat_once(stub, conversation_id, message, customer_id, out)
+        except grpc.aio.AioRpcError as error:
+            out.write(f"\n[error] {error.code().name}: {error.details()}\n")
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                return 1
 
 
 def main(argv: Sequence[str] | None = None) -> None:

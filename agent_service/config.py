@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent_service.conversation_events import WatchSettings
+from agent_service.prompts import ContextPlacement
 from agent_service.turn_contract import TurnSettings
 from service_kit.auth import SERVICE, AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
@@ -37,6 +39,9 @@ class Config:
     model_max_tokens: int = 512
     model_max_retries: int = 2
     model_retry_backoff_seconds: float = 0.25
+    # Where the KB context goes in the request (agent_service.prompts.ContextPlacement): auto, separate, system,
+    # user.
+    model_context_placement: ContextPlacement = ContextPlacement.AUTO
     # Circuit breaker around the configured model.
     breaker_failure_threshold: int = 3
     breaker_cooldown_seconds: float = 30.0
@@ -80,6 +85,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     # GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_RPCS.
     grpc_limits: ServerLimits = field(default_factory=ServerLimits)
+    # WatchConversation: heartbeats, per-stream buffer, slow consumers, cross-replica polling (WATCH_*).
+    watch: WatchSettings = field(default_factory=WatchSettings)
 
     @property
     def db_path(self) -> Path:
@@ -130,6 +137,7 @@ class Config:
             model_max_tokens=env_int("MODEL_MAX_TOKENS", 512, environ, minimum=1),
             model_max_retries=env_int("MODEL_MAX_RETRIES", 2, environ, minimum=0),
             model_retry_backoff_seconds=env_float("MODEL_RETRY_BACKOFF_SECONDS", 0.25, environ, minimum=0.0),
+            model_context_placement=_placement(env_str("MODEL_CONTEXT_PLACEMENT", "auto", environ)),
             breaker_failure_threshold=env_int("MODEL_BREAKER_FAILURES", 3, environ, minimum=1),
             breaker_cooldown_seconds=env_float("MODEL_BREAKER_COOLDOWN_SECONDS", 30.0, environ, minimum=0.0),
             max_tool_rounds=env_int("MAX_TOOL_ROUNDS", _TURN.max_tool_rounds, environ, minimum=1),
@@ -172,7 +180,16 @@ class Config:
             auth=AuthConfig.from_env(environ, outbound_role=SERVICE),
             tls=TlsConfig.from_env(environ),
             grpc_limits=ServerLimits.from_env(environ),
+            watch=WatchSettings.from_env(environ),
         )
+
+
+def _placement(value: str) -> ContextPlacement:
+    try:
+        return ContextPlacement(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(placement.value for placement in ContextPlacement)
+        raise ConfigError(f"MODEL_CONTEXT_PLACEMENT={value!r} must be one of {choices}") from None
 
 
 def _dependencies(names: tuple[str, ...]) -> tuple[str, ...]:

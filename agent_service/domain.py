@@ -76,6 +76,8 @@ class UsageInfo:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     fallback: bool = False
+    # Of prompt_tokens, those the model server took from its prompt cache.
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class StoreUnavailableError(AgentError):
     """The conversation store (Redis, the SQLite file) could not be reached or timed out. → UNAVAILABLE."""
 
 
+class ShuttingDownError(AgentError):
+    """This replica is draining; the caller reconnects (to any replica) from its last offset. → UNAVAILABLE."""
+
+
 class ConversationNotFoundError(AgentError):
     """No such conversation. → NOT_FOUND."""
 

@@ -4,22 +4,43 @@ The agent asks :meth:`EscalationPolicy.evaluate` about every customer message. W
 escalates even if the model did not call ``escalate_to_human``. Rules (phrases and regular expressions per
 category, each with a reason code, a priority and a customer-facing message) live in
 ``escalation_rules.yaml`` beside this module, or in a file named by the caller (ESCALATION_RULES_PATH).
-The format is documented in docs/policy.md. Nothing here does I/O except :meth:`PolicyRules.load`.
+The format is documented in docs/policy.md.
+
+Two layers, both on the message with its disguise undone (look-alike letters, zero-width characters,
+leetspeak, split words: :func:`service_kit.text_normalise.normalise_for_matching`):
+
+1. the rules: explicit requests, negations, near misses ("ridiculously good prices");
+2. a semantic layer for paraphrases and other languages: labelled example messages per category, with
+   near misses as negative examples, in the file the rules name under ``examples:``
+   (``escalation_examples.yaml``), scored with the offline MiniLM by
+   :class:`service_kit.semantic_match.SemanticMatcher` (the same matcher, model and vector cache as the
+   injection detector, so a message is embedded once per turn).
+
+The rules and the examples file are read and validated once (:meth:`PolicyRules.load`); the embedding model
+is loaded on first use, in a background thread started when the policy is built.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, get_args
 
 import yaml
 
 from agent_service.texts import DEFAULT_ESCALATION_MESSAGE
 from service_kit.redact import redact
+from service_kit.text_normalise import normalise_for_matching
+
+if TYPE_CHECKING:
+    from service_kit.semantic_match import Embedder, SemanticMatcher
+
+_log = logging.getLogger(__name__)
 
 Priority = Literal["low", "medium", "high"]
 ReasonCode = Literal[
@@ -55,6 +76,11 @@ _POST_NEGATION: Final[re.Pattern[str]] = re.compile(
     r"(?:(?:not\s+)?(?:necessary|needed|required)|unnecessary)\b",
     re.IGNORECASE,
 )
+_ANY_POST_NEGATION: Final[re.Pattern[str]] = re.compile(
+    r"\b(?:is|are|would\s+be|will\s+be)\s+(?:not|n't)\s+(?:necessary|needed|required)\b"
+    r"|\b(?:isn't|aren't)\s+(?:necessary|needed|required)\b|\bunnecessary\b",
+    re.IGNORECASE,
+)
 _ZERO_WIDTH: Final[dict[int, None]] = dict.fromkeys(
     [0x00AD, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x180E], None
 )
@@ -74,6 +100,9 @@ _DEFAULT_NEGATION_CUES: Final[tuple[str, ...]] = (
     "nevermind",
     "rather not",
 )
+NEGATIVE_LABEL: Final[str] = "negative"
+DEFAULT_MARGIN: Final[float] = 0.04
+DEFAULT_SEMANTIC_THRESHOLD: Final[float] = 0.6
 _DEFAULT_OUTCOME_PRIORITY: Final[dict[str, Priority]] = {
     "customer_request": "medium",
     "negative_sentiment": "high",
@@ -121,6 +150,84 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class SemanticExamples:
+    """The semantic layer's labelled examples (an ``escalation_examples.yaml``), validated."""
+
+    source: str  # the file, for messages
+    labels: tuple[tuple[str, float, tuple[str, ...]], ...]  # (rules category, threshold, examples)
+    negatives: tuple[str, ...]
+    margin: float = DEFAULT_MARGIN
+    lexicon: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def load(cls, path: Path, categories: tuple[str, ...]) -> SemanticExamples:
+        """Reads and validates an examples file whose labels must be among `categories`; any problem is a
+        :class:`PolicyConfigError` naming the file and the place."""
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PolicyConfigError(f"cannot read escalation examples file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise PolicyConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.from_mapping(data, categories, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: Any, categories: tuple[str, ...], source: str) -> SemanticExamples:
+        if not isinstance(data, Mapping):
+            raise PolicyConfigError(f"{source}: the top level must be a mapping")
+        _check_keys(data, {"version", "margin", "labels", "negative", "lexicon"}, source)
+        if data.get("version", 1) != 1:
+            raise PolicyConfigError(f"{source}: unsupported version {data.get('version')!r} (expected 1)")
+        margin = _unit_float(data.get("margin", DEFAULT_MARGIN), f"{source}: margin")
+        raw_labels = data.get("labels")
+        if not isinstance(raw_labels, Mapping) or not raw_labels:
+            raise PolicyConfigError(f"{source}: 'labels' must be a non-empty mapping of category -> examples")
+        labels: list[tuple[str, float, tuple[str, ...]]] = []
+        for name, spec in raw_labels.items():
+            where = f"{source}: labels.{name}"
+            if name not in categories:
+                raise PolicyConfigError(
+                    f"{where}: not a category of the rules file (categories: {list(categories)})"
+                )
+            if not isinstance(spec, Mapping):
+                raise PolicyConfigError(f"{where}: must be a mapping with 'examples' (and 'threshold')")
+            _check_keys(spec, {"threshold", "examples"}, where)
+            threshold = _unit_float(spec.get("threshold", DEFAULT_SEMANTIC_THRESHOLD), f"{where}.threshold")
+            labels.append((str(name), threshold, _examples(spec.get("examples"), f"{where}.examples")))
+        negative = data.get("negative")
+        if not isinstance(negative, Mapping):
+            raise PolicyConfigError(f"{source}: 'negative' must be a mapping with 'examples' (near misses)")
+        _check_keys(negative, {"examples"}, f"{source}: negative")
+        negatives = _examples(negative.get("examples"), f"{source}: negative.examples")
+        raw_lexicon = data.get("lexicon") or {}
+        if not isinstance(raw_lexicon, Mapping):
+            raise PolicyConfigError(f"{source}: 'lexicon' must be a mapping of word -> English word")
+        lexicon: list[tuple[str, str]] = []
+        for key, value in raw_lexicon.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key.strip() or not value.strip():
+                raise PolicyConfigError(f"{source}: lexicon.{key}: must map a word to a non-empty string")
+            if len(key.split()) > 3:
+                raise PolicyConfigError(
+                    f"{source}: lexicon.{key}: at most three words (vocabulary, not phrases)"
+                )
+            lexicon.append((key, value))
+        return cls(source, tuple(labels), negatives, margin, tuple(lexicon))
+
+    def build_matcher(self, embedder: Embedder) -> SemanticMatcher:
+        from service_kit.semantic_match import SemanticMatcher
+
+        examples: dict[str, list[str]] = {name: list(texts) for name, _, texts in self.labels}
+        examples[NEGATIVE_LABEL] = list(self.negatives)
+        thresholds = {name: threshold for name, threshold, _ in self.labels}
+        thresholds[NEGATIVE_LABEL] = 2.0  # never matches as a label of its own
+        # No keyword joining: a message normalises as for the rules, and (English) as for the injection
+        # detector, whose vectors of the same message are then reused from the shared cache.
+        return SemanticMatcher(
+            examples, embedder, thresholds, lexicon=dict(self.lexicon), join_keywords=False
+        )
+
+
+@dataclass(frozen=True)
 class PolicyRules:
     """Trigger lists per category, each with reason code and priority; loaded from YAML."""
 
@@ -128,31 +235,34 @@ class PolicyRules:
     outcomes: Mapping[str, Outcome]
     negation_cues: tuple[str, ...] = _DEFAULT_NEGATION_CUES
     negation_window_words: int = 4
+    semantic: SemanticExamples | None = None  # the file named by `examples:`; None: rules only
 
     @classmethod
     def load(cls, path: str | None = None) -> PolicyRules:
-        """Reads and validates a rules file; ``None`` loads the packaged ``escalation_rules.yaml``."""
+        """Reads and validates a rules file (and the examples file it names); ``None`` loads the packaged
+        ``escalation_rules.yaml``."""
         file = DEFAULT_RULES_PATH if path is None else Path(path)
         try:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise PolicyConfigError(f"cannot read escalation rules file {file}: {exc.strerror}") from exc
-        return cls.from_yaml(text, source=str(file))
+        return cls.from_yaml(text, source=str(file), base=file.parent)
 
     @classmethod
-    def from_yaml(cls, text: str, source: str = "<string>") -> PolicyRules:
+    def from_yaml(cls, text: str, source: str = "<string>", base: Path | None = None) -> PolicyRules:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise PolicyConfigError(f"{source}: not valid YAML: {exc}") from exc
-        return cls.from_mapping(data, source=source)
+        return cls.from_mapping(data, source=source, base=base)
 
     @classmethod
-    def from_mapping(cls, data: Any, source: str = "<mapping>") -> PolicyRules:
-        """Builds rules from already-parsed data (the YAML document's shape)."""
+    def from_mapping(cls, data: Any, source: str = "<mapping>", base: Path | None = None) -> PolicyRules:
+        """Builds rules from already-parsed data (the YAML document's shape). ``base``: the folder a
+        relative ``examples:`` path is read from (default: the current directory)."""
         if not isinstance(data, Mapping):
             raise PolicyConfigError(f"{source}: the top level must be a mapping")
-        _check_keys(data, {"version", "negation", "categories", "outcomes"}, source)
+        _check_keys(data, {"version", "negation", "categories", "outcomes", "examples"}, source)
         version = data.get("version", 1)
         if version != 1:
             raise PolicyConfigError(f"{source}: unsupported version {version!r} (expected 1)")
@@ -168,7 +278,22 @@ class PolicyRules:
             raise PolicyConfigError(f"{source}: duplicate category names {duplicates}")
         cues, window = _parse_negation(data.get("negation"), f"{source}: negation")
         outcomes = _parse_outcomes(data.get("outcomes"), f"{source}: outcomes")
-        return cls(categories=categories, outcomes=outcomes, negation_cues=cues, negation_window_words=window)
+        semantic: SemanticExamples | None = None
+        examples = data.get("examples")
+        if examples is not None:
+            if not isinstance(examples, str) or not examples.strip():
+                raise PolicyConfigError(f"{source}: 'examples' must be the path of an examples file")
+            path = Path(examples)
+            if not path.is_absolute():
+                path = (base or Path.cwd()) / path
+            semantic = SemanticExamples.load(path, tuple(names))
+        return cls(
+            categories=categories,
+            outcomes=outcomes,
+            negation_cues=cues,
+            negation_window_words=window,
+            semantic=semantic,
+        )
 
     def outcome(self, reason_code: ReasonCode) -> Outcome:
         """The configured priority and message for a reason code (built-in defaults when not configured)."""
@@ -178,10 +303,17 @@ class PolicyRules:
         return Outcome(_DEFAULT_OUTCOME_PRIORITY[reason_code], DEFAULT_ESCALATION_MESSAGE)
 
 
-class EscalationPolicy:
-    """Applies :class:`PolicyRules` to customer messages. Pure and thread-safe once built."""
+_Candidate = tuple[tuple[int, int, int, int, int], TriggerCategory, str]
 
-    def __init__(self, rules: PolicyRules) -> None:
+
+class EscalationPolicy:
+    """Applies :class:`PolicyRules` to customer messages. Thread-safe once built.
+
+    ``embedder``: the sentence model of the semantic layer (default: the shared offline MiniLM, loaded on
+    first use). ``warm``: start loading it (and embedding the examples) in a background thread now.
+    """
+
+    def __init__(self, rules: PolicyRules, embedder: Embedder | None = None, warm: bool = True) -> None:
         self._rules = rules
         cues = sorted(rules.negation_cues, key=len, reverse=True)
         self._negation: re.Pattern[str] | None = (
@@ -189,37 +321,122 @@ class EscalationPolicy:
             if cues
             else None
         )
+        self._by_name = {category.name: (order, category) for order, category in enumerate(rules.categories)}
+        self._embedder = embedder
+        self._matcher: SemanticMatcher | None = None
+        self._matcher_failed = False
+        self._matcher_lock = threading.Lock()
+        if rules.semantic is not None and warm:
+            threading.Thread(target=self.warm_up, name="escalation-warm-up", daemon=True).start()
 
     @property
     def rules(self) -> PolicyRules:
         return self._rules
 
+    def warm_up(self) -> bool:
+        """Builds the semantic layer now; True when it is in use."""
+        return self._semantic() is not None
+
     def evaluate(self, message: str) -> EscalationDecision | None:
         """The decision for the strongest trigger in ``message``, or None when nothing fires."""
-        text = normalize_message(message[:MAX_EVALUATED_CHARS])
-        best: tuple[tuple[int, int, int, int], TriggerCategory, str] | None = None
-        for order, category in enumerate(self._rules.categories):
-            found = self._first_match(category, text)
-            if found is None:
-                continue
-            start, matched = found
-            key = (
-                _PRIORITY_RANK[category.priority],
-                _REASON_RANK.get(category.reason_code, 0),
-                -order,
-                -start,
-            )
-            if best is None or key > best[0]:
-                best = (key, category, matched)
-        if best is None:
+        found = self._candidates(message)
+        if not found:
             return None
-        _, category, matched = best
+        return self._decision(max(found, key=lambda candidate: candidate[0]))
+
+    def evaluate_all(self, message: str) -> list[EscalationDecision]:
+        """Every category that fired (rules and semantic layer), strongest first, for audit."""
+        found = sorted(self._candidates(message), key=lambda candidate: candidate[0], reverse=True)
+        seen: set[str] = set()
+        decisions: list[EscalationDecision] = []
+        for candidate in found:
+            if candidate[1].name not in seen:
+                seen.add(candidate[1].name)
+                decisions.append(self._decision(candidate))
+        return decisions
+
+    def _candidates(self, message: str) -> list[_Candidate]:
+        text = message[:MAX_EVALUATED_CHARS]
+        plain = normalize_message(text)
+        found: list[_Candidate] = []
+        undisguised = undisguise(text)
+        variants = (plain,) if undisguised == plain.casefold() else (plain, undisguised)
+        for variant in variants:
+            for order, category in enumerate(self._rules.categories):
+                match = self._first_match(category, variant)
+                if match is not None:
+                    start, matched = match
+                    found.append(
+                        (self._key(category, order, 1, start), category, repr(_trigger_text(matched)))
+                    )
+        matcher = self._semantic()
+        if matcher is not None and plain:
+            semantic = matcher.classify(text, NEGATIVE_LABEL, self._semantic_margin())
+            if semantic is not None and self._semantic_negated(semantic.label, matcher.normalise(text)):
+                semantic = None
+            if semantic is not None:
+                order, category = self._by_name[semantic.label]
+                # The nearest example (operator text), never the customer's words.
+                example = repr(_trigger_text(semantic.nearest_example))
+                how = "contains" if semantic.lexical else f"{semantic.score:.2f}"
+                found.append((self._key(category, order, 0, 0), category, f"like {example} ({how})"))
+        return found
+
+    @staticmethod
+    def _key(category: TriggerCategory, order: int, rule: int, start: int) -> tuple[int, int, int, int, int]:
+        # Priority, then reason, then a rule before the semantic layer, then file order, then position.
+        return (
+            _PRIORITY_RANK[category.priority],
+            _REASON_RANK.get(category.reason_code, 0),
+            rule,
+            -order,
+            -start,
+        )
+
+    @staticmethod
+    def _decision(candidate: _Candidate) -> EscalationDecision:
+        _, category, matched = candidate
         return EscalationDecision(
             reason_code=category.reason_code,
             priority=category.priority,
-            trigger=f"{category.name}: {_trigger_text(matched)!r}",
+            trigger=f"{category.name}: {matched}",
             customer_message=category.customer_message,
         )
+
+    def _semantic_negated(self, name: str, normalised: str) -> bool:
+        """A request matched by meaning that the message negates ("talking to a human is not necessary",
+        "no necesito hablar con nadie" -> "no need ..."): the embedding model does not see negation, so a
+        negatable customer_request category is dropped when a negation cue or "not necessary" appears
+        anywhere in the message. Sensitive topics and sentiment are not: "I don't recognise this charge"."""
+        _, category = self._by_name[name]
+        if not category.negatable or category.reason_code != "customer_request":
+            return False
+        if self._negation is not None and self._negation.search(normalised):
+            return True
+        return _ANY_POST_NEGATION.search(normalised) is not None
+
+    def _semantic_margin(self) -> float:
+        return self._rules.semantic.margin if self._rules.semantic is not None else DEFAULT_MARGIN
+
+    def _semantic(self) -> SemanticMatcher | None:
+        spec = self._rules.semantic
+        if spec is None or self._matcher_failed:
+            return None
+        if self._matcher is not None:
+            return self._matcher
+        with self._matcher_lock:
+            if self._matcher is None and not self._matcher_failed:
+                try:
+                    embedder = self._embedder
+                    if embedder is None:
+                        from service_kit.embedding import MiniLMModel
+
+                        embedder = MiniLMModel.shared()
+                    self._matcher = _shared_matcher(spec, embedder)
+                except Exception as exc:  # a missing model package must not take the agent down
+                    self._matcher_failed = True
+                    _log.error("semantic escalation layer unavailable, rules only: %s", exc)
+        return self._matcher
 
     def decision_for(
         self, reason_code: ReasonCode, trigger: str, priority: Priority | None = None
@@ -262,10 +479,32 @@ class EscalationPolicy:
         return _POST_NEGATION.search(after) is not None
 
 
+_matchers_lock = threading.Lock()
+_matchers: dict[tuple[SemanticExamples, int], tuple[Embedder, SemanticMatcher]] = {}
+
+
+def _shared_matcher(spec: SemanticExamples, embedder: Embedder) -> SemanticMatcher:
+    """One matcher per examples file content and embedder in the process (policies built again, e.g. per
+    test or per server, do not embed the examples again)."""
+    with _matchers_lock:
+        found = _matchers.get((spec, id(embedder)))
+        if found is None or found[0] is not embedder:
+            found = (embedder, spec.build_matcher(embedder))
+            _matchers[(spec, id(embedder))] = found
+        return found[1]
+
+
 def normalize_message(text: str) -> str:
     """NFKC, straight quotes, no zero-width characters, single spaces: what the triggers are matched on."""
     text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH).translate(_QUOTES)
     return " ".join(text.split())
+
+
+def undisguise(text: str) -> str:
+    """The message with its disguise undone (look-alike letters, invisible characters, leetspeak, spelled-out
+    and hyphenated words; :func:`~service_kit.text_normalise.normalise_for_matching`), quotes straightened,
+    on one line: the triggers are matched on this as well as on :func:`normalize_message`."""
+    return " ".join(normalise_for_matching(normalize_message(text)).split())
 
 
 def _trigger_text(matched: str) -> str:
@@ -287,6 +526,21 @@ def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(str(key) for key in data if key not in allowed)
     if unknown:
         raise PolicyConfigError(f"{where}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+
+
+def _unit_float(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise PolicyConfigError(f"{where}: must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _examples(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise PolicyConfigError(f"{where}: must be a non-empty list of example messages")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise PolicyConfigError(f"{where}[{index}]: must be a non-empty string, got {item!r}")
+    return tuple(" ".join(str(item).split()) for item in value)
 
 
 def _string(data: Mapping[str, Any], key: str, where: str) -> str:

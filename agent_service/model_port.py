@@ -58,6 +58,8 @@ class ModelResult:
     model: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Prompt tokens the server took from its prompt cache (0 when it does not say).
+    cached_tokens: int = 0
     # True when the configured model was unavailable and a fallback engine produced this result.
     fallback: bool = False
     # False when the engine knows it found nothing to answer from and said so (the offline engine's

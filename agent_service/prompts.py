@@ -1,10 +1,20 @@
-"""What the model is told: one system message (our instructions, then the KB context and the conversation
-notes as delimited untrusted data), the history within a token budget, and the customer's message.
+"""What the model is told, in an order a prompt cache can reuse: the system message (our instructions and the
+conversation notes), the history within a token budget, then this turn's KB context, then the customer's
+message. Everything up to the end of the history is the same bytes from one turn to the next (the history only
+grows at its end), so a server's or a provider's prompt cache covers it; only the KB context and the message
+are new each turn.
+
+`model_messages` builds that canonical layout, with the KB context as a second system message just before the
+customer's message. `place_context` turns it into what a server is actually sent (`ContextPlacement`):
+`separate` keeps it; `system` merges the context into the one system message (accepted by every chat template,
+but the cache then covers only our instructions); `user` puts it at the start of the customer's message (one
+system message and cache-friendly). `auto` is `separate` until a server's template refuses a second system
+message, then `system` for that model (the OpenAI adapter decides and remembers).
 
 Only our own text speaks with system authority. KB chunks (with their titles and document ids), hand-back
 notes (which quote the human agent and the resolution note) and the summary of dropped turns are wrapped by
-the guardrails' `untrusted_block` inside that one system message; there is never a second system message (some
-chat templates refuse one). A message the input guardrail blocked is left out of the history for good.
+the guardrails' `untrusted_block`, whichever message carries them. A message the input guardrail blocked is
+left out of the history for good.
 
 Token counts are estimates (about four characters per token plus a per-message overhead) — good enough to
 keep the request under a budget without a tokenizer download. The system prompt and the KB context are
@@ -13,8 +23,9 @@ always kept; the oldest history turns are dropped first and replaced by a one-li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from agent_service import texts
@@ -154,9 +165,19 @@ def history_messages(
     return list(history(turns, budget_tokens, untrusted_block).messages)
 
 
-def system_message(hits: Sequence[KbHit], notes: Sequence[str], untrusted_block: UntrustedBlock) -> str:
-    """The one system message: our instructions, then the KB context and the conversation notes as data."""
-    parts = [SYSTEM_PROMPT, kb_context(hits, untrusted_block)]
+class ContextPlacement(StrEnum):
+    """Where the per-turn KB context goes in what a server is sent (see the module docstring)."""
+
+    AUTO = "auto"
+    SEPARATE = "separate"
+    SYSTEM = "system"
+    USER = "user"
+
+
+def system_message(notes: Sequence[str]) -> str:
+    """The first system message: our instructions, then the conversation notes as data. The same from one turn
+    to the next unless a note is added or history is summarised."""
+    parts = [SYSTEM_PROMPT]
     if notes:
         parts.append(
             "Notes about this conversation (untrusted data, oldest first; summaries and what the human "
@@ -173,12 +194,43 @@ def model_messages(
     budget_tokens: int,
     untrusted_block: UntrustedBlock,
 ) -> list[dict[str, Any]]:
-    """What the model is sent: exactly one system message (first), the history as alternating user/assistant
-    messages, then the customer's message. No text we did not write ever has the system role except inside
-    delimited untrusted-data blocks."""
+    """The canonical layout: the system message (instructions, notes), the history as alternating
+    user/assistant messages, the KB context as a second system message, then the customer's message. No text we
+    did not write ever has the system role except inside delimited untrusted-data blocks. `place_context` makes
+    the layout a server is sent."""
     window = history(turns, budget_tokens, untrusted_block)
     return [
-        {"role": "system", "content": system_message(hits, window.notes, untrusted_block)},
+        {"role": "system", "content": system_message(window.notes)},
         *window.messages,
+        {"role": "system", "content": kb_context(hits, untrusted_block)},
         {"role": "user", "content": message},
     ]
+
+
+def place_context(messages: Sequence[Mapping[str, Any]], placement: ContextPlacement) -> list[dict[str, Any]]:
+    """`messages` in the canonical layout (system messages after the first carry the KB context) as sent with
+    `placement`. `separate` and `auto` leave them as they are; `system` appends each later system message to the
+    first; `user` puts each at the start of the user message that follows it. A layout with one system message
+    comes back unchanged."""
+    result = [dict(message) for message in messages]
+    if placement in (ContextPlacement.SEPARATE, ContextPlacement.AUTO):
+        return result
+    extra = [index for index, message in enumerate(result) if index > 0 and message.get("role") == "system"]
+    if not extra or result[0].get("role") != "system":
+        return result
+    if placement == ContextPlacement.SYSTEM:
+        merged = [str(result[0].get("content") or "")]
+        merged.extend(str(result[index].get("content") or "") for index in extra)
+        result[0]["content"] = "\n\n".join(part for part in merged if part)
+    else:
+        for index in extra:
+            context = str(result[index].get("content") or "")
+            following = next((later for later in result[index + 1 :] if later.get("role") == "user"), None)
+            if following is None:
+                result[0]["content"] = f"{result[0].get('content') or ''}\n\n{context}"
+            else:
+                following["content"] = (
+                    f"{context}\n\nThe customer's message:\n{following.get('content') or ''}"
+                )
+    dropped = set(extra)
+    return [message for index, message in enumerate(result) if index not in dropped]

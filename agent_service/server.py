@@ -12,9 +12,11 @@ from agent_service.adapters.offline_model import OfflineModel
 from agent_service.adapters.openai_model import OpenAIModel
 from agent_service.adapters.retrieval_client import RetrievalClient
 from agent_service.adapters.sqlite_store import SqliteConversationStore
+from agent_service.adapters.ticket_feed import TicketEventFollower
 from agent_service.adapters.tools_client import ToolsClient
 from agent_service.breaker import CircuitBreaker, FallbackModel
 from agent_service.config import Config
+from agent_service.conversation_events import ConversationWatcher, EventHub, EventLog
 from agent_service.conversation_store import ConversationStore
 from agent_service.dependency_health import DependencyWatcher
 from agent_service.escalation_policy import EscalationPolicy, PolicyConfigError, PolicyRules
@@ -23,7 +25,7 @@ from agent_service.servicer import PERMISSIONS, AgentServicer
 from agent_service.turn import TurnRunner
 from service_kit import lifecycle
 from service_kit.grpc_server import new_server
-from service_kit.lifecycle import closing_on_error, start_serving
+from service_kit.lifecycle import Close, closing_on_error, start_serving
 from service_kit.service_main import run_service
 from support.v1 import agent_pb2, agent_pb2_grpc, retrieval_pb2, tools_pb2
 
@@ -56,6 +58,7 @@ def build_model(config: Config) -> ModelPort:
         max_tokens=config.model_max_tokens,
         max_retries=config.model_max_retries,
         backoff_seconds=config.model_retry_backoff_seconds,
+        context_placement=config.model_context_placement,
     )
     breaker = CircuitBreaker(config.breaker_failure_threshold, config.breaker_cooldown_seconds)
     return FallbackModel(primary, offline, breaker)
@@ -107,7 +110,17 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
         server, health_servicer = new_server(
             [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner), server)  # type: ignore[no-untyped-call]
+        conversation_watcher = None
+        on_drain: list[Close] = []
+        if isinstance(store, EventLog):
+            hub = EventHub(store, poll_seconds=config.watch.poll_seconds)
+            closers.append(hub.close)
+            on_drain.append(hub.drain)
+            conversation_watcher = ConversationWatcher(store, hub, config.watch)
+            follower = TicketEventFollower(tools_channel, store)
+            follower.start()
+            closers.append(follower.stop)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner, conversation_watcher), server)  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
         channels = {
             "tools": (tools_channel, TOOLS_SERVICE),
@@ -136,7 +149,13 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
         },
     )
     return StartedServer(
-        server=server, health=health_servicer, port=port, closers=closers, runner=runner, store=store
+        server=server,
+        health=health_servicer,
+        port=port,
+        closers=closers,
+        on_drain=on_drain,
+        runner=runner,
+        store=store,
     )
 
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
 
+from agent_service import conversation_events as ce
+from agent_service.conversation_events import (
+    ConversationEvent,
+    ConversationWatcher,
+    Heartbeat,
+    OffsetOutOfRangeError,
+    SlowConsumerError,
+)
 from agent_service.domain import EscalationInfo, Flag, Source, ToolCallRecord, TurnResult
 from agent_service.errors import (
     ConversationBusyError,
@@ -16,6 +26,7 @@ from agent_service.errors import (
     InvalidInputError,
     NotYourConversationError,
     OverloadedError,
+    ShuttingDownError,
     StoreUnavailableError,
     TurnDeadlineError,
 )
@@ -30,6 +41,7 @@ from agent_service.turn_contract import (
     ToolCallStartedEvent,
     TurnEvent,
     TurnRequest,
+    validate_id,
 )
 from service_kit import auth, observability
 from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, GUARDRAIL_STAGE, PRIORITY
@@ -48,6 +60,7 @@ PERMISSIONS = auth.PermissionTable(
         "Chat": auth.allow(auth.BACKEND),
         "StreamChat": auth.allow(auth.BACKEND),
         "GetConversation": auth.allow(auth.BACKEND, auth.STAFF),
+        "WatchConversation": auth.allow(auth.BACKEND, auth.STAFF),
     },
 )
 
@@ -61,9 +74,21 @@ ERROR_GUARD = ErrorGuard(
         StatusRule(ConversationBusyError, grpc.StatusCode.ABORTED),
         StatusRule(TurnDeadlineError, grpc.StatusCode.DEADLINE_EXCEEDED),
         StatusRule(StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, log="conversation store unavailable"),
+        StatusRule(ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
         StatusRule(OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
         StatusRule(ConversationNotFoundError, grpc.StatusCode.NOT_FOUND),
         StatusRule(NotYourConversationError, grpc.StatusCode.PERMISSION_DENIED),
+        StatusRule(
+            OffsetOutOfRangeError,
+            grpc.StatusCode.OUT_OF_RANGE,
+            details=lambda error: [
+                error_details_pb2.ErrorInfo(
+                    reason="OFFSET_BEYOND_END",
+                    domain="support.v1.AgentService",
+                    metadata={"end_offset": str(error.end_offset)},
+                )
+            ],
+        ),
     ],
     internal_message="internal error; the failure was logged",
     logger=logger,
@@ -125,6 +150,7 @@ def chat_response_pb(result: TurnResult) -> agent_pb2.ChatResponse:
             prompt_tokens=result.usage.prompt_tokens,
             completion_tokens=result.usage.completion_tokens,
             fallback=result.usage.fallback,
+            cached_tokens=result.usage.cached_tokens,
         ),
         knowledge_gap=result.knowledge_gap,
         replayed=result.replayed,
@@ -154,6 +180,70 @@ def turn_pb(result: TurnResult) -> agent_pb2.Turn:
     return turn
 
 
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+
+
+def conversation_event_pb(event: ConversationEvent) -> agent_pb2.ConversationEvent:
+    """A stored event (kind + JSON data) as the proto; a kind this build does not know has an empty oneof."""
+    data = event.data
+    message = agent_pb2.ConversationEvent(
+        conversation_id=event.conversation_id, offset=event.offset, create_time=_timestamp(event.create_time)
+    )
+    kind = event.kind
+    if kind == ce.CUSTOMER_MESSAGE:
+        message.customer_message.CopyFrom(
+            agent_pb2.CustomerMessageEvent(turn_id=data.get("turn_id", ""), text=data.get("text", ""))
+        )
+    elif kind == ce.BOT_REPLY:
+        message.bot_reply.CopyFrom(
+            agent_pb2.BotReplyEvent(
+                turn_id=data.get("turn_id", ""),
+                text=data.get("text", ""),
+                sources=[source_pb(Source(**item)) for item in data.get("sources", ())],
+                tool_calls=[tool_call_pb(ToolCallRecord(**item)) for item in data.get("tool_calls", ())],
+                guardrail_flags=[flag_pb(Flag(**item)) for item in data.get("guardrail_flags", ())],
+            )
+        )
+    elif kind == ce.ESCALATION:
+        message.escalation.CopyFrom(escalation_pb(EscalationInfo(**data)))
+    elif kind == ce.STATE_CHANGE:
+        message.state_change.CopyFrom(
+            agent_pb2.StateChangeEvent(
+                state=state_pb(data.get("state", "bot")),
+                ticket_id=data.get("ticket_id", ""),
+                assignee=data.get("assignee", ""),
+            )
+        )
+    elif kind == ce.TICKET_CLAIMED:
+        message.ticket_claimed.CopyFrom(
+            agent_pb2.TicketClaimedEvent(
+                ticket_id=data.get("ticket_id", ""),
+                assignee=data.get("assignee", ""),
+                text=data.get("text", ""),
+            )
+        )
+    elif kind == ce.HUMAN_REPLY:
+        message.human_reply.CopyFrom(
+            agent_pb2.HumanReplyEvent(
+                ticket_id=data.get("ticket_id", ""),
+                author_name=data.get("author_name", ""),
+                text=data.get("text", ""),
+            )
+        )
+    elif kind == ce.TICKET_RESOLVED:
+        message.ticket_resolved.CopyFrom(
+            agent_pb2.TicketResolvedEvent(
+                ticket_id=data.get("ticket_id", ""), assignee=data.get("assignee", "")
+            )
+        )
+    elif kind == ce.HAND_BACK:
+        message.hand_back.CopyFrom(
+            agent_pb2.HandBackEvent(ticket_id=data.get("ticket_id", ""), text=data.get("text", ""))
+        )
+    return message
+
+
 def event_pb(event: TurnEvent) -> agent_pb2.StreamChatResponse:
     if isinstance(event, SourcesEvent):
         return agent_pb2.StreamChatResponse(
@@ -178,9 +268,13 @@ def event_pb(event: TurnEvent) -> agent_pb2.StreamChatResponse:
     return agent_pb2.StreamChatResponse(final=chat_response_pb(event.result))
 
 
+MAX_EVENTS_IN_GET_CONVERSATION = 10_000
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, runner: TurnRunner) -> None:
+    def __init__(self, runner: TurnRunner, watcher: ConversationWatcher | None = None) -> None:
         self._runner = runner
+        self._watcher = watcher
 
     async def _events(self, turn_request: TurnRequest) -> AsyncGenerator[TurnEvent, None]:
         """The turn's events inside its `invoke_agent` span. Run to the end (and closed) by the caller, so the
@@ -219,13 +313,55 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.GetConversationResponse:
         async with ERROR_GUARD(context):
             view = await self._runner.conversation(request.conversation_id, _customer_scope())
+            events = (
+                await self._watcher.history(request.conversation_id, MAX_EVENTS_IN_GET_CONVERSATION)
+                if self._watcher is not None
+                else []
+            )
             return agent_pb2.GetConversationResponse(
                 conversation_id=request.conversation_id,
                 state=state_pb(view.state),
                 turns=[turn_pb(turn) for turn in view.conversation.turns],
                 ticket_id=view.ticket_id,
                 assignee=view.assignee,
+                events=[conversation_event_pb(event) for event in events],
+                end_offset=events[-1].offset if events else 0,
             )
+
+    async def WatchConversation(  # noqa: N802
+        self, request: agent_pb2.WatchConversationRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Writes each event with a deadline: a caller that stops reading is cut off (RESOURCE_EXHAUSTED) once
+        gRPC's flow-control window and one batch are full, instead of the server buffering without bound."""
+        async with ERROR_GUARD(context):
+            if self._watcher is None:
+                raise ConversationNotFoundError("this agent keeps no conversation events")
+            validate_id(request.conversation_id, "conversation_id", required=True)
+            stream = await self._watcher.watch(
+                request.conversation_id,
+                _customer_scope(),
+                after_offset=request.after_offset,
+                live_only=request.live_only,
+                heartbeat_seconds=float(request.heartbeat_seconds),
+            )
+            limit = self._watcher.settings.slow_consumer_seconds
+            async with aclosing(stream) as items:
+                async for item in items:
+                    if isinstance(item, Heartbeat):
+                        response = agent_pb2.WatchConversationResponse(
+                            heartbeat=agent_pb2.WatchHeartbeat(
+                                end_offset=item.end_offset, time=_timestamp(item.time)
+                            )
+                        )
+                    else:
+                        response = agent_pb2.WatchConversationResponse(event=conversation_event_pb(item))
+                    try:
+                        await asyncio.wait_for(context.write(response), timeout=limit)
+                    except TimeoutError:
+                        raise SlowConsumerError(
+                            f"the stream was not read for {limit:g} s; reconnect with after_offset set to the "
+                            "last offset you received"
+                        ) from None
 
 
 def _customer_scope() -> str:

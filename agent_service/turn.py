@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from agent_service import metrics, texts
+from agent_service import metrics, query_rewrite, texts
 from agent_service.conversation_store import ConversationStore
 from agent_service.domain import (
     Conversation,
@@ -51,6 +51,7 @@ from agent_service.errors import (
     TurnDeadlineError,
 )
 from agent_service.escalation_policy import EscalationDecision, EscalationPolicy
+from agent_service.guardrails.stream_screen import DeltaScreen
 from agent_service.model_port import ModelPort, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from agent_service.prompts import SYSTEM_PROMPT, model_messages
 from agent_service.rate_limit import CustomerRateLimiter
@@ -155,6 +156,7 @@ class _Turn:
             prompt_tokens=self.usage.prompt_tokens + result.prompt_tokens,
             completion_tokens=self.usage.completion_tokens + result.completion_tokens,
             fallback=self.usage.fallback or result.fallback,
+            cached_tokens=self.usage.cached_tokens + result.cached_tokens,
         )
 
 
@@ -322,7 +324,7 @@ class TurnRunner:
                     yield event
             return
 
-        async for event in self._retrieve(turn, search):
+        async for event in self._retrieve(turn, conversation, search):
             yield event
 
         policy_decision = self._policy.evaluate(turn.request.message)
@@ -578,10 +580,13 @@ class TurnRunner:
             turn.reply = texts.TURN_CAP_NO_HELPDESK
         yield TextDeltaEvent(turn.reply)
 
-    async def _retrieve(self, turn: _Turn, search: asyncio.Task[RetrievalResult]) -> AsyncIterator[TurnEvent]:
-        """Awaits the search started with the turn and quarantines chunks that carry instructions: they never
-        reach the model (nor the customer through it)."""
-        retrieved = await search
+    async def _retrieve(
+        self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
+    ) -> AsyncIterator[TurnEvent]:
+        """Awaits the search started with the turn (fused with a search in the context of the previous message
+        for a follow-up) and quarantines chunks that carry instructions: they never reach the model (nor the
+        customer through it)."""
+        retrieved = await self._searched(turn, conversation, search)
         kept = []
         for hit in () if retrieved.nothing_relevant else retrieved.hits:
             # The title reaches the model too (as data), so it is screened with the text.
@@ -593,6 +598,25 @@ class TurnRunner:
         turn.hits = tuple(kept)
         turn.knowledge_gap = not turn.hits
         yield SourcesEvent(tuple(Source.of(hit) for hit in turn.hits), turn.knowledge_gap)
+
+    async def _searched(
+        self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
+    ) -> RetrievalResult:
+        """The search of the message as written; for a follow-up that leans on the previous turn ("and how long
+        does that take?") fused with a second search of it in the context of the customer's previous
+        message(s) (`query_rewrite`). Other messages wait for nothing more than the search started with the
+        turn."""
+        message = turn.request.message
+        if not query_rewrite.is_follow_up(message):
+            return await search
+        contextual = query_rewrite.contextual_query(
+            message, query_rewrite.previous_customer_messages(conversation.turns)
+        )
+        if contextual is None:
+            return await search
+        logger.debug("follow-up: searching with the previous message too", extra=turn.log_ids)
+        literal, in_context = await asyncio.gather(search, self._retrieval.search(contextual))
+        return query_rewrite.fuse(literal, in_context)
 
     async def _model_rounds(
         self,
@@ -613,6 +637,14 @@ class TurnRunner:
             untrusted_block=self._guardrails.untrusted_block,
         )
         used_ids: set[str] = set()
+        known_links = self._known_links(turn)
+        screen = DeltaScreen(
+            lambda text: (
+                self._guardrails.check_output(
+                    text, SYSTEM_PROMPT, known_links, self._settings.link_allowlist
+                ).reply
+            )
+        )
         for round_index in range(self._settings.max_tool_rounds):
             result: ModelResult | None = None
             left = turn.model_deadline - asyncio.get_running_loop().time()
@@ -627,11 +659,15 @@ class TurnRunner:
             )
             async for chunk in self._model.generate(model_request):
                 if isinstance(chunk, TextChunk):
-                    if chunk.text:
-                        yield TextDeltaEvent(chunk.text)
+                    released = screen.feed(chunk.text)
+                    if released:
+                        yield TextDeltaEvent(released)
                 else:
                     result = chunk
             assert result is not None, "a model port must end with a ModelResult"
+            released = screen.flush()
+            if released:
+                yield TextDeltaEvent(released)
             turn.count(result, self._model.name)
             if not result.tool_calls:
                 turn.reply = result.content
@@ -699,12 +735,15 @@ class TurnRunner:
         if turn.escalation is not None and turn.escalation.ticket_id not in turn.reply:
             turn.reply += texts.ticket_sentence(turn.escalation.ticket_id)
 
-    async def _screen_output(self, turn: _Turn) -> AsyncIterator[TurnEvent]:
+    def _known_links(self, turn: _Turn) -> set[str]:
         known_links: set[str] = set()
         for hit in turn.hits:
             known_links |= self._guardrails.extract_links(hit.text)
+        return known_links
+
+    async def _screen_output(self, turn: _Turn) -> AsyncIterator[TurnEvent]:
         checked = self._guardrails.check_output(
-            turn.reply, SYSTEM_PROMPT, known_links, self._settings.link_allowlist
+            turn.reply, SYSTEM_PROMPT, self._known_links(turn), self._settings.link_allowlist
         )
         turn.reply = checked.reply
         for flag in checked.flags:

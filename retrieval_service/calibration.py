@@ -1,8 +1,10 @@
-"""Relevance-threshold calibration on the sample KB: `python -m retrieval_service.calibration [KB_DIR]`.
+"""Check the relevance threshold on a KB folder: `python -m retrieval_service.calibration [KB_DIR]`.
 
-Ingests the folder into a throwaway embedded Chroma, runs on-topic questions (each answered by the KB) and
-off-topic ones (none is), and prints the best-hit cosine distance of each plus a suggested threshold: the
-midpoint of the gap between the worst on-topic and the best off-topic distance, when there is a gap.
+Ingests the folder into a throwaway embedded Chroma, runs on-topic questions (each answered by the sample KB)
+and off-topic ones (none is), and prints the best-hit cosine distance of each, the threshold the service
+calibrated for this KB (retrieval_service.relevance) and what the default search decided for each question,
+plus how plain cut-offs would have done. The questions are tuning data: the service's own calibration uses
+the separate probes in retrieval_service.relevance, never these.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ OFF_TOPIC = (
 class Calibration:
     on_topic: list[tuple[str, float, str]]
     off_topic: list[tuple[str, float, str]]
+    # The default search (no max_distance): the threshold it applied, its source, and its decisions.
+    threshold: float = 0.0
+    threshold_source: str = ""
+    on_topic_answered: int = 0
+    off_topic_refused: int = 0
 
     @property
     def worst_on_topic(self) -> float:
@@ -101,7 +108,18 @@ async def calibrate(kb: KnowledgeBase, kb_dir: Path) -> Calibration:
             rows.append((question, hit.distance, hit.doc_id))
         return rows
 
-    return Calibration(await best(ON_TOPIC), await best(OFF_TOPIC))
+    async def answered(questions: tuple[str, ...]) -> int:
+        return sum([not (await kb.search(question)).nothing_relevant for question in questions])
+
+    probe = await kb.search(ON_TOPIC[0])
+    return Calibration(
+        await best(ON_TOPIC),
+        await best(OFF_TOPIC),
+        threshold=probe.max_distance_applied,
+        threshold_source=probe.threshold_source,
+        on_topic_answered=await answered(ON_TOPIC),
+        off_topic_refused=len(OFF_TOPIC) - await answered(OFF_TOPIC),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         for question, distance, doc_id in sorted(rows, key=lambda row: row[1]):
             print(f"{label:9}  {distance:.3f}  {question}  -> {doc_id}")
     print(f"worst on-topic {result.worst_on_topic:.3f}; best off-topic {result.best_off_topic:.3f}")
+    print(
+        f"default search: threshold {result.threshold:.3f} ({result.threshold_source}); on-topic answered "
+        f"{result.on_topic_answered}/{len(ON_TOPIC)}, off-topic refused {result.off_topic_refused}/{len(OFF_TOPIC)}"
+    )
     for threshold in (0.55, 0.60, 0.65, 0.70, 0.75):
         kept, dropped = result.accuracy(threshold)
         print(

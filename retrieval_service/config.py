@@ -7,14 +7,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval_service.relevance import FALLBACK_THRESHOLD
 from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
 from service_kit.grpc_server import ServerLimits
 from service_kit.tls import TlsConfig
 
 DEFAULT_ADDR = "127.0.0.1:50052"
-# Calibrated on the sample KB (docs/retrieval.md): on-topic questions score <= ~0.55, off-topic >= ~0.75.
-DEFAULT_MAX_DISTANCE = 0.65
+# RETRIEVAL_MAX_DISTANCE unset: the threshold is calibrated per knowledge base (retrieval_service.relevance);
+# this is only the fallback for a KB too small to calibrate (docs/retrieval.md).
+DEFAULT_MAX_DISTANCE = FALLBACK_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,8 @@ class Config:
     collection: str = "support_kb"
     top_k: int = 4
     max_top_k: int = 50
-    max_distance: float = DEFAULT_MAX_DISTANCE
+    # None: calibrated per knowledge base; a number: a fixed cosine-distance cut-off (operator override).
+    max_distance: float | None = None
     max_doc_bytes: int = 1024 * 1024
     max_batch_documents: int = 256
     max_query_chars: int = 2000
@@ -54,7 +57,11 @@ class Config:
             collection=env_str("KB_COLLECTION", "support_kb", env),
             top_k=env_int("RETRIEVAL_TOP_K", 4, env, minimum=1),
             max_top_k=env_int("RETRIEVAL_MAX_TOP_K", 50, env, minimum=1),
-            max_distance=env_float("RETRIEVAL_MAX_DISTANCE", DEFAULT_MAX_DISTANCE, env, minimum=0.0),
+            max_distance=(
+                env_float("RETRIEVAL_MAX_DISTANCE", DEFAULT_MAX_DISTANCE, env, minimum=0.0)
+                if env_opt("RETRIEVAL_MAX_DISTANCE", env) is not None
+                else None
+            ),
             max_doc_bytes=env_int("RETRIEVAL_MAX_DOC_BYTES", 1024 * 1024, env, minimum=1),
             max_batch_documents=env_int("RETRIEVAL_MAX_BATCH_DOCUMENTS", 256, env, minimum=1),
             max_query_chars=env_int("RETRIEVAL_MAX_QUERY_CHARS", 2000, env, minimum=1),
@@ -68,7 +75,7 @@ class Config:
             tls=TlsConfig.from_env(env),
             grpc_limits=ServerLimits.from_env(env),
         )
-        if config.max_distance > 2.0:
+        if config.max_distance is not None and config.max_distance > 2.0:
             raise ConfigError(f"RETRIEVAL_MAX_DISTANCE={config.max_distance} must be <= 2 (cosine distance)")
         if config.top_k > config.max_top_k:
             raise ConfigError(

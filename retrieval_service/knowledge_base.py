@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from retrieval_service.adapters.chroma_store import ChromaStore, Metadata
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import (
@@ -29,6 +32,16 @@ from retrieval_service.chunking import (
     parse_document,
 )
 from retrieval_service.errors import InvalidArgumentError
+from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS, SnapshotManager
+from retrieval_service.lexical_index import reciprocal_rank_fusion
+from retrieval_service.relevance import (
+    FALLBACK_THRESHOLD,
+    SOURCE_CONFIGURED,
+    SOURCE_FALLBACK,
+    SOURCE_REQUEST,
+    Threshold,
+    is_relevant,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +64,12 @@ RESERVED_KEYS = frozenset(
 DEFAULT_FILTER_KEYS = ("category", "doc_id", "source", "title", "last_updated", "section", "content_type")
 MAX_DOC_ID_CHARS = 512
 MAX_METADATA_VALUE_CHARS = 1024
+# Candidates each ranking contributes to the fusion (before the top_k cut).
+CANDIDATES = 20
+# Fused candidates fetched beyond top_k, and how far (cosine distance) behind the best candidate a chunk may be
+# before it is ordered after the nearer ones (chosen on the tuning data, docs/retrieval.md).
+POOL_EXTRA = 4
+DISTANCE_GAP = 0.15
 _METADATA_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -69,7 +88,8 @@ class Limits:
     max_top_k: int = 50
     max_query_chars: int = 2000
     default_top_k: int = 4
-    default_max_distance: float = 0.65
+    # None: calibrated per knowledge base (retrieval_service.relevance); a number: RETRIEVAL_MAX_DISTANCE.
+    default_max_distance: float | None = None
     filter_keys: tuple[str, ...] = DEFAULT_FILTER_KEYS
 
 
@@ -114,6 +134,10 @@ class Hit:
     distance: float
     title: str
     metadata: dict[str, str]
+    # Reciprocal rank fusion score and the 1-based rank in each ranking (0: not in that ranking).
+    fused_score: float = 0.0
+    dense_rank: int = 0
+    lexical_rank: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +146,7 @@ class SearchResult:
     nothing_relevant: bool
     max_distance_applied: float
     dropped_count: int
+    threshold_source: str = SOURCE_CONFIGURED
 
 
 @dataclass(frozen=True)
@@ -138,7 +163,11 @@ class Stats:
     last_refresh_unix: float | None
     collection: str
     embedding_model: str
+    # The threshold a search without max_distance applies, and where it comes from.
     default_max_distance: float
+    threshold_source: str = SOURCE_CONFIGURED
+    calibrated_max_distance: float | None = None
+    lexical_indexed_chunks: int = 0
 
 
 @dataclass
@@ -192,12 +221,19 @@ class KnowledgeBase:
         embedding: MiniLMEmbedding,
         limits: Limits | None = None,
         chunking: ChunkingOptions | None = None,
+        *,
+        sync_index_max_chunks: int = SYNC_MAX_CHUNKS,
     ) -> None:
+        """`sync_index_max_chunks`: up to this many chunks a search rebuilds a stale lexical index itself;
+        above, it is rebuilt in the background (retrieval_service.kb_snapshot)."""
         self._store = store
         self._embedding = embedding
         self.limits = limits or Limits()
         self._chunking = chunking or ChunkingOptions()
         self._write_lock = asyncio.Lock()
+        self._snapshots = SnapshotManager(
+            store, embedding, self.limits.filter_keys, sync_max_chunks=sync_index_max_chunks
+        )
 
     # --- ingestion -----------------------------------------------------------------------------------
 
@@ -300,6 +336,7 @@ class KnowledgeBase:
             self._store.delete(stale)
         if ids or relabel_ids or stale:
             self._store.mark_refreshed()
+            self._snapshots.invalidate()
         report = IngestReport(reports)
         logger.info(
             "ingested batch",
@@ -375,31 +412,95 @@ class KnowledgeBase:
             raise InvalidArgumentError("max_distance", f"{max_distance} is outside 0..2 (cosine distance)")
         where = self._where(filters or {})
         k = self.limits.default_top_k if top_k is None else top_k
-        threshold = self.limits.default_max_distance if max_distance is None else max_distance
-        return await asyncio.to_thread(self._search_sync, text, k, where, threshold)
+        return await asyncio.to_thread(self._search_sync, text, k, dict(filters or {}), where, max_distance)
+
+    def _threshold(self, requested: float | None, calibrated: Threshold | None) -> Threshold:
+        if requested is not None:
+            return Threshold(requested, SOURCE_REQUEST)
+        if self.limits.default_max_distance is not None:
+            return Threshold(self.limits.default_max_distance, SOURCE_CONFIGURED)
+        return calibrated or Threshold(FALLBACK_THRESHOLD, SOURCE_FALLBACK)
 
     def _search_sync(
-        self, query: str, k: int, where: dict[str, Any] | None, threshold: float
+        self,
+        query: str,
+        k: int,
+        filters: dict[str, str],
+        where: dict[str, Any] | None,
+        requested: float | None,
     ) -> SearchResult:
+        snapshot = self._snapshots.current()
+        threshold = self._threshold(requested, snapshot.threshold if snapshot else None)
         vector = self._embedding.embed_batch([query])[0]
-        stored = self._store.query(vector, k, where)
-        hits = [
-            Hit(
-                doc_id=str(item.metadata.get("doc_id", "")),
-                chunk_id=item.chunk_id,
-                text=item.text,
-                distance=item.distance,
-                title=str(item.metadata.get("title", "")),
-                metadata={key: str(value) for key, value in item.metadata.items()},
+        wanted = max(k, CANDIDATES)
+        dense_hits = self._store.query(vector, wanted, where)
+        dense = [(item.chunk_id, item.distance) for item in dense_hits]
+        lexical = snapshot.lexical.search(query, wanted, filters) if snapshot else []
+        dense_rank = {chunk_id: rank for rank, (chunk_id, _) in enumerate(dense, start=1)}
+        distance = dict(dense)
+        stored: dict[str, tuple[str, Metadata, npt.NDArray[np.float32] | None]] = {
+            item.chunk_id: (item.text, item.metadata, None) for item in dense_hits
+        }
+        lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}
+        codes = {hit.chunk_id: hit.codes for hit in lexical}
+        fused = reciprocal_rank_fusion(
+            [[chunk_id for chunk_id, _ in dense], [hit.chunk_id for hit in lexical]]
+        )
+        # Fetch a few more than k: the final order may still move a far-off lexical candidate behind them.
+        pool = fused[: k + POOL_EXTRA]
+        # Lexical-only candidates: text, metadata and vector from Chroma (which also drops chunks that are gone).
+        missing = [chunk_id for chunk_id, _ in pool if chunk_id not in stored]
+        if missing:
+            fetched = self._store.get_chunks(missing, where, with_embeddings=True)
+            if len(fetched) < len(missing):
+                self._snapshots.invalidate()  # the lexical index named a chunk that is gone: refresh it
+            stored.update(fetched)
+        candidates: list[Hit] = []
+        for chunk_id, score in pool:
+            if chunk_id not in stored:
+                continue
+            text, metadata, embedding = stored[chunk_id]
+            if chunk_id not in distance:
+                assert embedding is not None
+                distance[chunk_id] = max(0.0, 1.0 - float(np.dot(vector, embedding)))
+            candidates.append(
+                Hit(
+                    doc_id=str(metadata.get("doc_id", "")),
+                    chunk_id=chunk_id,
+                    text=text,
+                    distance=distance[chunk_id],
+                    title=str(metadata.get("title", "")),
+                    metadata={key: str(value) for key, value in metadata.items()},
+                    fused_score=score,
+                    dense_rank=dense_rank.get(chunk_id, 0),
+                    lexical_rank=lexical_rank.get(chunk_id, 0),
+                )
             )
-            for item in stored
-            if item.distance <= threshold
-        ]
+        best = min((hit.distance for hit in candidates), default=0.0)
+        # Fused order, except that a chunk far behind the best one in meaning (more than DISTANCE_GAP) goes
+        # after those near it unless it carries a code of the query; exact codes come first.
+        candidates.sort(
+            key=lambda hit: (
+                not codes.get(hit.chunk_id),
+                hit.distance > best + DISTANCE_GAP and not codes.get(hit.chunk_id),
+                -hit.fused_score,
+            )
+        )
+        hits: list[Hit] = []
+        dropped = 0
+        for hit in candidates[:k]:
+            if is_relevant(
+                hit.distance, threshold, lexical_rank=hit.lexical_rank, codes=codes.get(hit.chunk_id, ())
+            ):
+                hits.append(hit)
+            else:
+                dropped += 1
         return SearchResult(
             hits=hits,
             nothing_relevant=not hits,
-            max_distance_applied=threshold,
-            dropped_count=len(stored) - len(hits),
+            max_distance_applied=threshold.max_distance,
+            dropped_count=dropped,
+            threshold_source=threshold.source,
         )
 
     # --- deletion and stats --------------------------------------------------------------------------
@@ -437,12 +538,14 @@ class KnowledgeBase:
         if chunk_ids:
             self._store.delete(chunk_ids)
             self._store.mark_refreshed()
+            self._snapshots.invalidate()
         logger.info("deleted documents", extra={"documents": len(by_doc), "chunks": len(chunk_ids)})
         return DeleteReport(len(by_doc), len(chunk_ids), sorted(by_doc))
 
     async def close(self) -> None:
         """Releases the store (after any ingestion in flight); the knowledge base is unusable afterwards."""
         async with self._write_lock:
+            await asyncio.to_thread(self._snapshots.close)
             await asyncio.to_thread(self._store.close)
 
     async def ping(self) -> None:
@@ -452,7 +555,17 @@ class KnowledgeBase:
     async def stats(self) -> Stats:
         return await asyncio.to_thread(self._stats_sync)
 
+    def prefetch(self) -> None:
+        """Starts building the lexical index and calibrating the threshold in a background thread."""
+        self._snapshots.prefetch()
+
+    def warm(self) -> None:
+        """Builds the lexical index and calibrates the threshold now (start-up, benchmarks), blocking."""
+        self._snapshots.wait_until_fresh()
+
     def _stats_sync(self) -> Stats:
+        snapshot = self._snapshots.current()
+        threshold = self._threshold(None, snapshot.threshold if snapshot else None)
         documents: set[str] = set()
         chunks = 0
         for _chunk_id, meta in self._store.iter_metadata():
@@ -464,5 +577,8 @@ class KnowledgeBase:
             last_refresh_unix=self._store.last_refresh(),
             collection=self._store.name,
             embedding_model=self._embedding.model_name,
-            default_max_distance=self.limits.default_max_distance,
+            default_max_distance=threshold.max_distance,
+            threshold_source=threshold.source,
+            calibrated_max_distance=snapshot.threshold.max_distance if snapshot else None,
+            lexical_indexed_chunks=len(snapshot.lexical) if snapshot else 0,
         )

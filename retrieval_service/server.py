@@ -14,6 +14,7 @@ from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import ChunkingOptions
 from retrieval_service.config import Config
 from retrieval_service.errors import EmbeddingMismatchError, StoreUnavailableError
+from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS
 from retrieval_service.knowledge_base import DEFAULT_FILTER_KEYS, KnowledgeBase, Limits
 from retrieval_service.servicer import PERMISSIONS, RetrievalServicer
 from service_kit import lifecycle
@@ -73,7 +74,9 @@ class StartedServer(lifecycle.StartedServer):
     kb: KnowledgeBase
 
 
-def build_knowledge_base(config: Config, embedding: MiniLMEmbedding | None = None) -> KnowledgeBase:
+def build_knowledge_base(
+    config: Config, embedding: MiniLMEmbedding | None = None, *, sync_index_max_chunks: int = SYNC_MAX_CHUNKS
+) -> KnowledgeBase:
     """Opens the store and checks the collection; raises EmbeddingMismatchError/StoreUnavailableError."""
     model = embedding or (
         MiniLMEmbedding.shared()
@@ -96,7 +99,7 @@ def build_knowledge_base(config: Config, embedding: MiniLMEmbedding | None = Non
         max_tokens=config.chunk_max_tokens,
         overlap_tokens=config.chunk_overlap_tokens,
     )
-    return KnowledgeBase(store, model, limits, chunking)
+    return KnowledgeBase(store, model, limits, chunking, sync_index_max_chunks=sync_index_max_chunks)
 
 
 async def start_server(config: Config, embedding: MiniLMEmbedding | None = None) -> StartedServer:
@@ -105,6 +108,7 @@ async def start_server(config: Config, embedding: MiniLMEmbedding | None = None)
     async with closing_on_error([]) as closers:
         kb = await asyncio.to_thread(build_knowledge_base, config, embedding)
         closers.append(kb.close)
+        kb.prefetch()  # builds the lexical index and calibrates the threshold in the background
         server, health_servicer = new_server(
             [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
         )

@@ -96,12 +96,16 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                         distance=hit.distance,
                         metadata=hit.metadata,
                         title=hit.title,
+                        fused_score=hit.fused_score,
+                        dense_rank=hit.dense_rank,
+                        lexical_rank=hit.lexical_rank,
                     )
                     for hit in result.hits
                 ],
                 nothing_relevant=result.nothing_relevant,
                 max_distance_applied=result.max_distance_applied,
                 dropped_count=result.dropped_count,
+                threshold_source=result.threshold_source,
             )
 
     async def IngestDocuments(  # noqa: N802 - gRPC method name
@@ -167,7 +171,11 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 collection=stats.collection,
                 embedding_model=stats.embedding_model,
                 default_max_distance=stats.default_max_distance,
+                threshold_source=stats.threshold_source,
+                lexical_indexed_chunks=stats.lexical_indexed_chunks,
             )
+            if stats.calibrated_max_distance is not None:
+                response.calibrated_max_distance = stats.calibrated_max_distance
             if stats.last_refresh_unix is not None:
                 stamp = timestamp_pb2.Timestamp()
                 stamp.FromNanoseconds(int(stats.last_refresh_unix * 1e9))

@@ -23,14 +23,17 @@ class StartedServer:
     """A server that is listening on `port` and reports SERVING.
 
     `closers` are closed in reverse order (last opened, first closed) once the server has stopped, so nothing
-    a handler still needs during the drain goes away under it. Services subclass it to expose the handles
-    their tests and tools reach into.
+    a handler still needs during the drain goes away under it. `on_drain` run first, when the drain starts:
+    they end calls that would otherwise never finish by themselves (open-ended streams), so the drain does
+    not wait out its whole grace period for them. Services subclass it to expose the handles their tests and
+    tools reach into.
     """
 
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
     closers: Sequence[Close] = ()
+    on_drain: Sequence[Close] = ()
     _stopped: bool = field(default=False, init=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -41,6 +44,7 @@ class StartedServer:
         self._stopped = True
         # Also makes later health updates (a dependency watcher, a store probe) no-ops.
         await self.health.enter_graceful_shutdown()
+        await close_all(self.on_drain)
         await self.server.stop(grace)
         await close_all(self.closers)
 

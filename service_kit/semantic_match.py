@@ -9,9 +9,13 @@ characters, leetspeak, spelled-out words) do not change the result. Two paths:
   for examples of at least :data:`MIN_SQUASHED_LETTERS` letters, in the text with every non-letter removed
   ("ignoreallpreviousinstructions"); scores 1.0;
 - semantic: cosine similarity between the text's sentences (and the whole text) and every example,
-  examples embedded once at construction, text segments cached.
+  examples embedded once at construction, text segments cached per embedder (one cache shared by every
+  matcher on the same embedder, so the injection detector and the escalation backstop embed a customer's
+  message once per turn).
 
-A label matches when its best score reaches its threshold. The YAML format::
+A label matches when its best score reaches its threshold; :meth:`SemanticMatcher.classify` also asks that
+it beat a label of near misses by a margin. An optional ``lexicon`` (word -> English word, for an
+English-centric model) is applied to examples and texts after normalisation. The YAML format::
 
     labels:
       some_label:
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import re
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from service_kit.text_normalise import fold_characters, normalise_for_matching, squash
+from service_kit.text_normalise import fold_characters, normalise_for_matching, squash, translate_words
 
 DEFAULT_THRESHOLD: Final[float] = 0.7
 MIN_SQUASHED_LETTERS: Final[int] = 14
@@ -108,6 +113,45 @@ def load_examples(path: Path) -> tuple[dict[str, list[str]], dict[str, float], d
     return examples, thresholds, settings
 
 
+class _VectorCache:
+    """Per-text LRU of segment vectors. One per embedder, shared by every matcher built on it."""
+
+    def __init__(self, size: int = _CACHE_SIZE) -> None:
+        self._size = size
+        self._vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, Vector]:
+        with self._lock:
+            found = {text: self._vectors[text] for text in texts if text in self._vectors}
+            for text in found:
+                self._vectors.move_to_end(text)
+        return found
+
+    def put_many(self, vectors: Mapping[str, Vector]) -> None:
+        with self._lock:
+            self._vectors.update(vectors)
+            while len(self._vectors) > self._size:
+                self._vectors.popitem(last=False)
+
+
+_caches_lock = threading.Lock()
+_shared_caches: weakref.WeakKeyDictionary[Any, _VectorCache] = weakref.WeakKeyDictionary()
+
+
+def shared_cache(embedder: Embedder) -> _VectorCache:
+    """The vector cache of `embedder`, shared by all matchers on it (a private one if it cannot be
+    weakly referenced)."""
+    with _caches_lock:
+        try:
+            cache = _shared_caches.get(embedder)
+            if cache is None:
+                cache = _shared_caches[embedder] = _VectorCache()
+            return cache
+        except TypeError:
+            return _VectorCache()
+
+
 class SemanticMatcher:
     """Best match per label for a text, lexical first, then by embedding similarity. Thread-safe."""
 
@@ -117,8 +161,17 @@ class SemanticMatcher:
         embedder: Embedder,
         thresholds: Mapping[str, float] | None = None,
         default_threshold: float = DEFAULT_THRESHOLD,
+        lexicon: Mapping[str, str] | None = None,
+        join_keywords: bool = True,
     ) -> None:
+        """``join_keywords``: rejoin a word split by a space into one of the examples' words even when both
+        halves are words ("ign ore"); off, only the dictionary rule applies, so ordinary text ("log in")
+        normalises exactly as for any other matcher without keywords and its vectors are shared with it."""
         self._embedder = embedder
+        self.lexicon: dict[str, str] = {
+            " ".join(fold_characters(key).split()): " ".join(fold_characters(value).split())
+            for key, value in (lexicon or {}).items()
+        }
         self.labels: tuple[str, ...] = tuple(examples)
         self.thresholds: dict[str, float] = {
             label: (thresholds or {}).get(label, default_threshold) for label in self.labels
@@ -129,6 +182,7 @@ class SemanticMatcher:
             for texts in examples.values()
             for text in texts
             for word in _WORDS.findall(fold_characters(text))
+            if join_keywords
         )
         self._examples: list[_Example] = []
         for label, texts in examples.items():
@@ -140,8 +194,10 @@ class SemanticMatcher:
         vectors = embedder.embed([example.normalised for example in self._examples])
         self._matrix: npt.NDArray[np.float32] = np.vstack(vectors).astype(np.float32)
         self._label_of = np.array([self.labels.index(example.label) for example in self._examples])
-        self._cache: OrderedDict[str, Vector] = OrderedDict()
-        self._lock = threading.Lock()
+        self._members: list[npt.NDArray[np.intp]] = [
+            np.flatnonzero(self._label_of == index) for index in range(len(self.labels))
+        ]
+        self._cache = shared_cache(embedder)
 
     @property
     def embedder(self) -> Embedder:
@@ -155,7 +211,8 @@ class SemanticMatcher:
         return cls(examples, embedder, thresholds, default_threshold)
 
     def normalise(self, text: str) -> str:
-        return normalise_for_matching(text, self.keywords)
+        normalised = normalise_for_matching(text, self.keywords)
+        return translate_words(normalised, self.lexicon) if self.lexicon else normalised
 
     def lexical(self, text: str) -> list[Match]:
         """Labels with an example contained in the normalised text (no model call), best first."""
@@ -205,8 +262,7 @@ class SemanticMatcher:
     def best_per_label(self, row: npt.NDArray[np.float32]) -> dict[str, tuple[float, str]]:
         """For one row of :attr:`Scored.similarity`: label -> (best score, nearest example as written)."""
         out: dict[str, tuple[float, str]] = {}
-        for index, label in enumerate(self.labels):
-            candidates = np.flatnonzero(self._label_of == index)
+        for label, candidates in zip(self.labels, self._members, strict=True):
             top = int(candidates[np.argmax(row[candidates])])
             out[label] = (float(row[top]), self._examples[top].text)
         return out
@@ -215,17 +271,37 @@ class SemanticMatcher:
         """Labels whose best score reaches their threshold, best first."""
         return [match for match in self.scores(text) if match.score >= self.thresholds[match.label]]
 
+    def classify(self, text: str, negative_label: str, margin: float) -> Match | None:
+        """The strongest label other than ``negative_label`` that matches `text`, or None.
+
+        A label matches lexically (one of its examples occurs in the normalised text and no negative
+        example does), or in some segment with a score that reaches the label's threshold *and* beats that
+        segment's best negative example by at least ``margin`` (so a near miss, closer to a negative
+        example, does not match, and a benign sentence cannot shield another sentence)."""
+        positives = [label for label in self.labels if label != negative_label]
+        scored = self.segment_scores(text, decisive_labels=())
+        lexical = [match for match in scored.lexical if match.label != negative_label]
+        if lexical and not any(match.label == negative_label for match in scored.lexical):
+            return lexical[0]
+        best: Match | None = None
+        for row in scored.similarity:
+            per_label = self.best_per_label(row)
+            negative = per_label[negative_label][0] if negative_label in per_label else -1.0
+            for label in positives:
+                score, example = per_label[label]
+                if score < self.thresholds[label] or score < negative + margin:
+                    continue
+                if best is None or score > best.score:
+                    best = Match(label, score, example)
+        return best
+
     def _vectors(self, segments: list[str]) -> list[Vector]:
-        with self._lock:
-            found = {segment: self._cache[segment] for segment in segments if segment in self._cache}
+        found = self._cache.get_many(segments)
         missing = [segment for segment in segments if segment not in found]
         if missing:
             fresh = dict(zip(missing, self._embedder.embed(missing), strict=True))
             found.update(fresh)
-            with self._lock:
-                self._cache.update(fresh)
-                while len(self._cache) > _CACHE_SIZE:
-                    self._cache.popitem(last=False)
+            self._cache.put_many(fresh)
         return [found[segment] for segment in segments]
 
 

@@ -17,7 +17,8 @@
    or a dictionary word that neither half is.
 
 The result is for matching only (never shown, never stored): lower case, single spaces, one line per
-input line. The dictionary is the embedding model's word-piece vocabulary (whole English words), loaded
+input line. :func:`translate_words` optionally maps words of other languages to English on top (a caller's
+small lexicon, for an English-centric embedding model). The dictionary is the embedding model's word-piece vocabulary (whole English words), loaded
 once; without the model package installed, steps 6-8 fall back to what needs no dictionary.
 """
 
@@ -27,7 +28,7 @@ import functools
 import json
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from service_kit.confusables_table import CONFUSABLE_LATIN
@@ -199,7 +200,8 @@ def _join_split_words(line: str, words: Collection[str], keywords: Collection[st
                 and len(word) >= _MIN_JOINED_KEYWORD
                 and not any(part in keywords for part in parts)
             )
-            if keyword or (word in words and any(part not in words for part in parts)):
+            # "a" and "i" are words too (the dictionary keeps 2+ letters): "do i" is not "doi".
+            if keyword or (word in words and any(part not in words and part not in "ai" for part in parts)):
                 out.append(word)
                 index += width
                 joined = True
@@ -235,6 +237,63 @@ def normalise_for_matching(text: str, keywords: Collection[str] = ()) -> str:
         line = _unleet(line, vocabulary)
         lines.append(_join_split_words(line, words, keywords))
     return "\n".join(lines)
+
+
+_LEXICON_TOKEN: Final[re.Pattern[str]] = re.compile(r"[^\W_]+|[^\w\s]+|_+|\s+")
+_LEXICON_WORD: Final[re.Pattern[str]] = re.compile(r"[^\W_]+")
+_MAX_LEXICON_WORDS: Final[int] = 3
+_first_words_cache: dict[int, tuple[Mapping[str, str], frozenset[str]]] = {}
+
+
+def _first_words(lexicon: Mapping[str, str]) -> frozenset[str]:
+    """The first word of every lexicon key (cached per lexicon object)."""
+    cached = _first_words_cache.get(id(lexicon))
+    if cached is None or cached[0] is not lexicon:
+        cached = (lexicon, frozenset(key.split(" ", 1)[0] for key in lexicon))
+        if len(_first_words_cache) > 64:
+            _first_words_cache.clear()
+        _first_words_cache[id(lexicon)] = cached
+    return cached[1]
+
+
+def translate_words(normalised: str, lexicon: Mapping[str, str]) -> str:
+    """Words (or runs of up to three words) of a normalised text replaced by their `lexicon` entry.
+
+    Keys and values are in normalised form (:func:`fold_characters`: no accents, casefolded, single
+    spaces). Apostrophes split words, so French elisions ("l'appareil", "m'a") look up "appareil", "a".
+    The longest run wins; a word glued to the one before by "." "/" "@" (a domain, path or address:
+    "example.com") is left alone; text without a lexicon word comes back unchanged (the same string).
+    """
+    if not lexicon:
+        return normalised
+    firsts = _first_words(lexicon)
+    if not any(word in firsts for word in _LEXICON_WORD.findall(normalised)):
+        return normalised  # the common case (an English message): no token list built
+    tokens = _LEXICON_TOKEN.findall(normalised)
+    words = [index for index, token in enumerate(tokens) if token[0].isalnum()]
+    out = list(tokens)
+    changed = False
+    position = 0
+    while position < len(words):
+        for width in range(min(_MAX_LEXICON_WORDS, len(words) - position), 0, -1):
+            run = words[position : position + width]
+            # Only words separated by single spaces form a run ("card. stolen" does not).
+            if any(tokens[index + 1] != " " for index in run[:-1]):
+                continue
+            if run[0] > 0 and tokens[run[0] - 1][-1] in "./@":
+                continue
+            key = " ".join(tokens[index] for index in run)
+            replacement = lexicon.get(key)
+            if replacement is not None:
+                out[run[0]] = replacement
+                for index in range(run[0] + 1, run[-1] + 1):
+                    out[index] = ""
+                changed = True
+                position += width
+                break
+        else:
+            position += 1
+    return "".join(out) if changed else normalised
 
 
 def squash(normalised: str) -> str:

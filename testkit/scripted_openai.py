@@ -6,7 +6,10 @@ server's message as the body), delays, hangs, malformed bodies or a stream error
 of real servers are responders here too: `unbounded` (generation without `max_tokens` never ends) and
 `strict_template` (a chat template that refuses a second system message or roles that do not alternate);
 a tool call written as plain JSON text is just a `Reply(content=...)`; `stream: true` requests get Server-Sent Events with content and tool-call deltas,
-the way OpenAI streams them. Every request body is recorded in `requests`.
+the way OpenAI streams them. Every request body is recorded in `requests`. Prompt caching is reported the way
+servers do (`Reply.cached_tokens`: OpenAI's `usage.prompt_tokens_details.cached_tokens` or llama.cpp's
+`timings.cache_n`), and `PromptCache` plays a llama.cpp slot: it renders each request to text and reports how
+much of it repeats the previous one.
 
     server = ScriptedOpenAIServer([Reply(tool_calls=[ToolCallSpec("lookup_order_status", '{"order_id": "ORD-12345"}')]),
                                    Reply(content="Shipped.")])
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import inspect
 import itertools
 import json
@@ -56,6 +60,10 @@ class Reply:
     stream_error_as_data: bool = False
     # The finish reason sent (default: "tool_calls" with tool calls, else "stop").
     finish_reason: str = ""
+    # Prompt tokens served from the server's cache, reported as OpenAI does ("usage":
+    # usage.prompt_tokens_details.cached_tokens) or as llama.cpp does ("timings": timings.cache_n/prompt_n).
+    cached_tokens: int = 0
+    cached_as: str = "usage"
 
 
 Responder = Callable[[Request], "Reply | Awaitable[Reply]"]
@@ -211,6 +219,7 @@ class ScriptedOpenAIServer:
                 "model": model,
                 "choices": [],
                 "usage": _usage(reply),
+                **_timings(reply),
             }
             await response.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
@@ -222,11 +231,27 @@ def _finish_reason(reply: Reply) -> str:
     return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
 
 
-def _usage(reply: Reply) -> dict[str, int]:
-    return {
+def _usage(reply: Reply) -> dict[str, Any]:
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
         "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+    if reply.cached_tokens and reply.cached_as == "usage":
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
+    return usage
+
+
+def _timings(reply: Reply) -> dict[str, Any]:
+    """llama.cpp's `timings` field: how much of the prompt came from the slot's cache."""
+    if reply.cached_as != "timings":
+        return {}
+    return {
+        "timings": {
+            "cache_n": reply.cached_tokens,
+            "prompt_n": max(0, reply.prompt_tokens - reply.cached_tokens),
+            "predicted_n": reply.completion_tokens,
+        }
     }
 
 
@@ -254,6 +279,7 @@ def _completion(reply: Reply, model: str) -> dict[str, Any]:
             }
         ],
         "usage": _usage(reply),
+        **_timings(reply),
     }
 
 
@@ -293,8 +319,15 @@ def unbounded(request: Request) -> Reply:
 TEMPLATE_ERROR = "Conversation roles must alternate user/assistant/user/assistant/..."
 
 
+TOOL_CALL_ID_ERROR = "Tool call IDs should be alphanumeric strings with length 9!"
+
+
 def template_violation(request: Request) -> str:
     """What a strict chat template (Mistral's, Gemma's) would object to in the request; "" when nothing."""
+    ids = [call.get("id") for m in request.get("messages", []) for call in m.get("tool_calls") or ()]
+    ids += [m["tool_call_id"] for m in request.get("messages", []) if "tool_call_id" in m]
+    if any(not (isinstance(i, str) and len(i) == 9 and i.isalnum()) for i in ids):
+        return TOOL_CALL_ID_ERROR
     roles = [str(message.get("role")) for message in request.get("messages", [])]
     if roles.count("system") > 1 or "system" in roles[1:]:
         return TEMPLATE_ERROR
@@ -304,18 +337,60 @@ def template_violation(request: Request) -> str:
     return ""
 
 
-def strict_template(script: Responder | Sequence[Reply], status: int = 400) -> Responder:
+def strict_template(script: Responder | Sequence[Reply], status: int = 400, message: str = "") -> Responder:
     """`script` behind a strict chat template: a request it objects to gets `status` with the template's
-    message (400 like Mistral's server, 500 like some llama.cpp builds), before `script` sees it."""
+    message (400 like Mistral's server, 500 like some llama.cpp builds; `message` replaces the text, e.g.
+    Gemma's "System role not supported"), before `script` sees it."""
     inner = script if callable(script) else _sequence(script)
 
     def respond(request: Request) -> Reply | Awaitable[Reply]:
         problem = template_violation(request)
         if problem:
-            return Reply(status=status, content=problem)
+            return Reply(status=status, content=message or problem)
         return inner(request)
 
     return respond
+
+
+def render_chatml(request: Request) -> str:
+    """The request as a ChatML chat template renders it (Qwen's layout: the tool definitions inside the first
+    system message), the text a llama.cpp server tokenizes and caches."""
+    messages = list(request.get("messages", []))
+    tools = request.get("tools") or []
+    parts: list[str] = []
+    for index, message in enumerate(messages):
+        content = str(message.get("content") or "")
+        if index == 0 and message.get("role") == "system" and tools:
+            content += "\n\n# Tools\n<tools>\n" + "\n".join(json.dumps(tool) for tool in tools) + "\n</tools>"
+        for call in message.get("tool_calls") or ():
+            content += "\n<tool_call>\n" + json.dumps(call.get("function")) + "\n</tool_call>"
+        parts.append(f"<|im_start|>{message.get('role')}\n{content}<|im_end|>\n")
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+class PromptCache:
+    """One llama.cpp slot's prompt cache: `reply(request, Reply(...))` fills in the prompt tokens (characters/4
+    of the rendered prompt) and the cached tokens (the prefix it shares with the previous prompt plus that
+    reply), reported as `timings` the way llama-server does. `cached_share` keeps each request's ratio."""
+
+    def __init__(self) -> None:
+        self._last = ""
+        self.cached_share: list[float] = []
+
+    def reply(self, request: Request, reply: Reply) -> Reply:
+        prompt = render_chatml(request)
+        common = 0
+        for left, right in zip(prompt, self._last, strict=False):
+            if left != right:
+                break
+            common += 1
+        self._last = prompt + (reply.content or "")
+        prompt_tokens = max(1, len(prompt) // 4)
+        cached = common // 4
+        self.cached_share.append(cached / prompt_tokens)
+        return dataclasses.replace(
+            reply, prompt_tokens=prompt_tokens, cached_tokens=cached, cached_as="timings"
+        )
 
 
 def _sequence(script: Sequence[Reply]) -> Responder:

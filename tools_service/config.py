@@ -11,6 +11,7 @@ from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_bool, env_float, env_int, env_opt, env_str
 from service_kit.grpc_server import ServerLimits
 from service_kit.tls import TlsConfig
+from tools_service.webhooks_config import WebhookSettings
 
 DEFAULT_ADDR = "127.0.0.1:50053"
 DEFAULT_ORDER_ID_PATTERN = r"^ORD-\d{5}$"
@@ -48,6 +49,8 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     # GRPC_MAX_MESSAGE_BYTES, GRPC_MAX_CONCURRENT_RPCS.
     grpc_limits: ServerLimits = field(default_factory=ServerLimits)
+    # WEBHOOK_URLS, WEBHOOK_SECRET, ...: helpdesk webhooks (tools_service/webhooks.py); no URLs: none sent.
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @property
     def db_path(self) -> Path:
@@ -101,4 +104,5 @@ class Config:
             auth=AuthConfig.from_env(environ),
             tls=TlsConfig.from_env(environ),
             grpc_limits=ServerLimits.from_env(environ),
+            webhooks=WebhookSettings.from_env(environ),
         )

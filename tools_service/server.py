@@ -17,8 +17,9 @@ from tools_service.limits import CallLimiter, Limits, WindowLimiter
 from tools_service.orders import OrderBackend, OrderService
 from tools_service.retention import start_retention
 from tools_service.servicer import PERMISSIONS, ToolsServicer
-from tools_service.tickets import TicketService
+from tools_service.tickets import TicketFeed, TicketService
 from tools_service.tools import ToolRunner
+from tools_service.webhooks import Outbox, WebhookDeliverer
 
 __all__ = ["SERVICE_NAME", "StartedServer", "main", "start_server"]
 
@@ -56,7 +57,13 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
             order_backend = await _configured_order_backend(config, db)
         closers.append(order_backend.close)
         orders = OrderService(order_backend, config.order_id_pattern, config.tool_timeout_seconds)
-        ticket_store = SqliteTicketStore(db)
+        ticket_store = SqliteTicketStore(db, outbox_urls=config.webhooks.urls)
+        await ticket_store.ensure_schema()
+        outbox = Outbox(db)
+        deliverer = WebhookDeliverer(outbox, config.webhooks)
+        ticket_store.add_listener(deliverer.wake)
+        deliverer.start()
+        closers.append(deliverer.stop)
         if config.ticket_retention_seconds is not None:
             closers.append(await start_retention(ticket_store, config.ticket_retention_seconds))
         tickets = TicketService(
@@ -80,7 +87,9 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
         server, health_servicer = new_server(
             [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
         )
-        tools_pb2_grpc.add_ToolsServiceServicer_to_server(ToolsServicer(runner, orders, tickets), server)  # type: ignore[no-untyped-call]
+        tools_pb2_grpc.add_ToolsServiceServicer_to_server(
+            ToolsServicer(runner, orders, tickets, feed=TicketFeed(ticket_store), outbox=outbox), server
+        )  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
     logger.info(
         "tools_service listening",

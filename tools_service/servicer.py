@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -34,8 +36,17 @@ from tools_service.errors import (
     UnauthenticatedError,
 )
 from tools_service.orders import OrderService
-from tools_service.tickets import Caller, Source, Ticket, TicketService, validate_escalation
+from tools_service.tickets import (
+    Caller,
+    Source,
+    Ticket,
+    TicketEvent,
+    TicketFeed,
+    TicketService,
+    validate_escalation,
+)
 from tools_service.tools import ToolFailure, ToolRunner
+from tools_service.webhooks import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +185,62 @@ PERMISSIONS = auth.PermissionTable(
         "ClaimTicket": auth.allow(auth.STAFF),
         "ResolveTicket": auth.allow(auth.STAFF),
         "AppendTicketMessage": auth.allow(auth.STAFF, *_CUSTOMER_CALLERS),
+        # The ticket change feed is every customer's: only the agent (service) reads it.
+        "WatchTicketEvents": auth.allow(auth.SERVICE, service_needs_customer=False),
+        "ListWebhookDeliveries": auth.allow(auth.STAFF),
+        "RedeliverWebhooks": auth.allow(auth.STAFF),
     },
 )
 
+_EVENT_TYPE = {
+    "created": tools_pb2.TICKET_EVENT_TYPE_CREATED,
+    "claimed": tools_pb2.TICKET_EVENT_TYPE_CLAIMED,
+    "message_added": tools_pb2.TICKET_EVENT_TYPE_MESSAGE_ADDED,
+    "resolved": tools_pb2.TICKET_EVENT_TYPE_RESOLVED,
+}
+_DELIVERY_STATUS = {
+    "pending": tools_pb2.WEBHOOK_DELIVERY_STATUS_PENDING,
+    "delivered": tools_pb2.WEBHOOK_DELIVERY_STATUS_DELIVERED,
+    "dead": tools_pb2.WEBHOOK_DELIVERY_STATUS_DEAD,
+}
+MAX_LISTED_DELIVERIES = 1000
+
+
+def ticket_event_to_proto(event: TicketEvent) -> tools_pb2.TicketEvent:
+    return tools_pb2.TicketEvent(
+        seq=event.seq,
+        event_id=event.event_id,
+        type=_EVENT_TYPE.get(event.type, tools_pb2.TICKET_EVENT_TYPE_UNSPECIFIED),
+        ticket_id=event.ticket_id,
+        conversation_id=event.conversation_id,
+        customer_id=event.customer_id,
+        create_time=_timestamp(event.create_time),
+        assignee=event.assignee,
+        author=MESSAGE_AUTHOR.to_proto(event.author)
+        if event.author
+        else tools_pb2.MESSAGE_AUTHOR_UNSPECIFIED,
+        author_name=event.author_name,
+        text=event.text,
+        resolution_note=event.resolution_note,
+        priority=PRIORITY.to_proto(event.priority) if event.priority else types_pb2.PRIORITY_UNSPECIFIED,
+    )
+
 
 class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
-    def __init__(self, runner: ToolRunner, orders: OrderService, tickets: TicketService) -> None:
+    def __init__(
+        self,
+        runner: ToolRunner,
+        orders: OrderService,
+        tickets: TicketService,
+        *,
+        feed: TicketFeed | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
         self._runner = runner
         self._orders = orders
         self._tickets = tickets
+        self._feed = feed
+        self._outbox = outbox
 
     async def ListTools(  # noqa: N802
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext[object, object]
@@ -308,3 +366,55 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 _deadline(context),
             )
             return tools_pb2.AppendTicketMessageResponse(ticket=ticket_to_proto(ticket))
+
+    async def WatchTicketEvents(  # noqa: N802
+        self, request: tools_pb2.WatchTicketEventsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[tools_pb2.WatchTicketEventsResponse]:
+        async with ERROR_GUARD(context):
+            if self._feed is None:
+                raise FailedPreconditionError("this tools service keeps no ticket events")
+            if request.after_seq < 0:
+                raise InvalidArgumentError("after_seq", "after_seq must not be negative.")
+            async for item in self._feed.watch(request.after_seq):
+                if isinstance(item, int):
+                    yield tools_pb2.WatchTicketEventsResponse(heartbeat_seq=item)
+                else:
+                    yield tools_pb2.WatchTicketEventsResponse(event=ticket_event_to_proto(item))
+
+    async def ListWebhookDeliveries(  # noqa: N802
+        self,
+        request: tools_pb2.ListWebhookDeliveriesRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> tools_pb2.ListWebhookDeliveriesResponse:
+        async with ERROR_GUARD(context):
+            if self._outbox is None:
+                return tools_pb2.ListWebhookDeliveriesResponse()
+            statuses = tuple(name for name, code in _DELIVERY_STATUS.items() if code == request.status)
+            limit = request.limit if 0 < request.limit <= MAX_LISTED_DELIVERIES else MAX_LISTED_DELIVERIES
+            deliveries = await self._outbox.list(statuses or ("pending", "dead"), limit)
+            return tools_pb2.ListWebhookDeliveriesResponse(
+                deliveries=[
+                    tools_pb2.WebhookDelivery(
+                        delivery_id=delivery.delivery_id,
+                        event_id=delivery.event.event_id,
+                        event_type=f"ticket.{delivery.event.type}",
+                        url=delivery.url,
+                        status=_DELIVERY_STATUS[delivery.status],
+                        attempts=delivery.attempts,
+                        last_error=delivery.last_error,
+                        next_attempt_time=_timestamp(delivery.next_attempt_at),
+                        conversation_id=delivery.event.conversation_id,
+                    )
+                    for delivery in deliveries
+                ]
+            )
+
+    async def RedeliverWebhooks(  # noqa: N802
+        self, request: tools_pb2.RedeliverWebhooksRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> tools_pb2.RedeliverWebhooksResponse:
+        async with ERROR_GUARD(context):
+            if self._outbox is None:
+                return tools_pb2.RedeliverWebhooksResponse()
+            requeued = await self._outbox.requeue_dead(tuple(request.delivery_ids), time.time())
+            logger.info("requeued %d dead-lettered webhook deliveries", requeued)
+            return tools_pb2.RedeliverWebhooksResponse(requeued=requeued)

@@ -9,10 +9,14 @@ helpdesk human agent) see every ticket, claim, resolve and reply as HUMAN_AGENT.
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
 import hashlib
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -130,6 +134,36 @@ class Escalation:
         return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
+EVENT_TYPES = ("created", "claimed", "message_added", "resolved")
+# How often a ticket feed looks for events other processes wrote (its own are seen at once).
+FEED_POLL_SECONDS = 0.5
+FEED_HEARTBEAT_SECONDS = 15.0
+FEED_BATCH = 200
+
+
+@dataclass(frozen=True)
+class TicketEvent:
+    """One change of a ticket, stored in the same transaction as the change (the feed and the webhook outbox
+    read these). `seq` increases by one per event across all tickets."""
+
+    seq: int
+    type: str  # one of EVENT_TYPES
+    ticket_id: str
+    conversation_id: str
+    customer_id: str
+    create_time: float
+    assignee: str = ""
+    author: str = ""
+    author_name: str = ""
+    text: str = ""
+    resolution_note: str = ""
+    priority: str = ""
+
+    @property
+    def event_id(self) -> str:
+        return f"tev-{self.seq}"
+
+
 class TicketStore(Protocol):
     """Durable tickets. `create` is idempotent per (customer_id, conversation_id, idempotency_key) and keeps at
     most one open ticket per (customer_id, conversation_id); both through UNIQUE constraints, never
@@ -154,6 +188,16 @@ class TicketStore(Protocol):
 
     async def append_message(self, ticket_id: str, message: TicketMessage, max_messages: int) -> Ticket:
         """Raises RateLimitedError when the ticket already holds `max_messages`."""
+        ...
+
+    async def events_after(self, seq: int, limit: int) -> builtins.list[TicketEvent]:
+        """Ticket events with seq > `seq`, oldest first."""
+        ...
+
+    async def last_event_seq(self) -> int: ...
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` is called after this process committed ticket events."""
         ...
 
 
@@ -353,3 +397,53 @@ class TicketService:
             budget(self._timeout, deadline),
             "ticket system",
         )
+
+
+class TicketFeed:
+    """The ticket change feed one WatchTicketEvents stream reads: the events after a seq, then live ones (woken
+    at once by this process's writes, and every FEED_POLL_SECONDS for other processes sharing the store), with
+    a heartbeat (the newest seq) after FEED_HEARTBEAT_SECONDS without an event."""
+
+    def __init__(
+        self,
+        store: TicketStore,
+        *,
+        poll_seconds: float = FEED_POLL_SECONDS,
+        heartbeat_seconds: float = FEED_HEARTBEAT_SECONDS,
+    ) -> None:
+        self._store = store
+        self._poll_seconds = poll_seconds
+        self._heartbeat_seconds = heartbeat_seconds
+        self._waiters: set[asyncio.Event] = set()
+        store.add_listener(self._wake)
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def watch(self, after_seq: int) -> AsyncIterator[TicketEvent | int]:
+        """TicketEvents, and ints (the newest seq) as heartbeats."""
+        waiter = asyncio.Event()
+        self._waiters.add(waiter)
+        loop = asyncio.get_running_loop()
+        position = max(0, after_seq)
+        try:
+            yield await self._store.last_event_seq()
+            idle_since = loop.time()
+            while True:
+                waiter.clear()
+                batch = await self._store.events_after(position, FEED_BATCH)
+                for event in batch:
+                    position = event.seq
+                    yield event
+                if batch:
+                    idle_since = loop.time()
+                    if len(batch) == FEED_BATCH:
+                        continue
+                if loop.time() - idle_since >= self._heartbeat_seconds:
+                    idle_since = loop.time()
+                    yield position
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), timeout=self._poll_seconds)
+        finally:
+            self._waiters.discard(waiter)

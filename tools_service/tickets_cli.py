@@ -5,6 +5,7 @@
     support-tickets claim TICKET_ID --as NAME
     support-tickets reply TICKET_ID --as NAME TEXT
     support-tickets resolve TICKET_ID --note TEXT
+    support-tickets webhooks [--dead | --pending | --delivered] [--redeliver [DELIVERY_ID ...]]
 
 Calls are made as helpdesk `staff` (service_kit.auth): the staff token from AUTH_TOKEN, AUTH_TOKENS_STAFF or
 AUTH_CREDENTIALS_FILE (default data/credentials.json, written by `make run`), and `x-agent-name`: --agent-name,
@@ -106,7 +107,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     resolve.add_argument("ticket_id")
     resolve.add_argument("--note", required=True, help="what was done; recorded in the conversation history")
+    webhooks = commands.add_parser(
+        "webhooks", help="list pending and dead-lettered webhook deliveries; requeue dead ones"
+    )
+    which = webhooks.add_mutually_exclusive_group()
+    which.add_argument("--pending", action="store_const", const="pending", dest="status", help="only pending")
+    which.add_argument("--dead", action="store_const", const="dead", dest="status", help="only dead-lettered")
+    which.add_argument(
+        "--delivered", action="store_const", const="delivered", dest="status", help="delivered ones"
+    )
+    webhooks.add_argument(
+        "--redeliver",
+        nargs="*",
+        type=int,
+        metavar="DELIVERY_ID",
+        help="requeue these dead-lettered deliveries (none named: every dead one)",
+    )
     return parser
+
+
+_DELIVERY_STATUS = {
+    "pending": tools_pb2.WEBHOOK_DELIVERY_STATUS_PENDING,
+    "delivered": tools_pb2.WEBHOOK_DELIVERY_STATUS_DELIVERED,
+    "dead": tools_pb2.WEBHOOK_DELIVERY_STATUS_DEAD,
+}
+
+
+def _webhooks(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str:
+    if args.redeliver is not None:
+        request = tools_pb2.RedeliverWebhooksRequest(delivery_ids=args.redeliver)
+        requeued = stub.RedeliverWebhooks(request, timeout=TIMEOUT_SECONDS).requeued
+        return f"requeued {requeued} dead-lettered deliver{'y' if requeued == 1 else 'ies'}"
+    listing = tools_pb2.ListWebhookDeliveriesRequest(
+        status=_DELIVERY_STATUS.get(args.status or "", tools_pb2.WEBHOOK_DELIVERY_STATUS_UNSPECIFIED)
+    )
+    deliveries = stub.ListWebhookDeliveries(listing, timeout=TIMEOUT_SECONDS).deliveries
+    if not deliveries:
+        return "no webhook deliveries"
+    names = {code: name for name, code in _DELIVERY_STATUS.items()}
+    header = f"{'ID':<7} {'STATUS':<10} {'TRIES':<5} {'EVENT':<10} {'TYPE':<22} {'NEXT ATTEMPT':<21} URL / LAST ERROR"
+    lines = [header]
+    for delivery in deliveries:
+        lines.append(
+            f"{delivery.delivery_id:<7} {names.get(delivery.status, '?'):<10} {delivery.attempts:<5} "
+            f"{delivery.event_id:<10} {delivery.event_type:<22} {_when(delivery.next_attempt_time):<21} "
+            f"{delivery.url}  {delivery.last_error}"
+        )
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str:
@@ -117,6 +164,8 @@ def _run(args: argparse.Namespace, stub: tools_pb2_grpc.ToolsServiceStub) -> str
             return "no tickets"
         header = f"{'TICKET':<18} {'STATUS':<9} {'PRIO':<7} {'ASSIGNEE':<12} {'CONVERSATION':<20} {'CREATED':<21} REASON"
         return "\n".join([header, *(_line(t) for t in tickets)])
+    if args.command == "webhooks":
+        return _webhooks(args, stub)
     if args.command == "show":
         return _details(
             stub.GetTicket(

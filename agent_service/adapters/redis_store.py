@@ -29,8 +29,10 @@ scripts stay single-slot. With `retention_seconds`, every append refreshes an ex
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -38,6 +40,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from agent_service.conversation_events import ConversationEvent, NewEvent, events_of_turn
 from agent_service.domain import Conversation, TurnResult
 from agent_service.errors import DuplicateTurnError, StoreUnavailableError
 
@@ -45,14 +48,43 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_KEY_PREFIX = "support-agent:"
+# The global change feed (wake-up hints for other replicas' streams) keeps about this many entries.
+FEED_MAXLEN = 100_000
 
-# KEYS: turns, index, customer.
-# ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none).
+# Appends events (JSON array of [kind, data JSON, source_key, create_time]) to a conversation's event stream
+# with the next offsets (stream id "<offset>-1"); an event whose source_key the conversation has is skipped.
+# Returns the offsets appended.
+_ADD_EVENTS = """
+local function add_events(stream, seq, dedup, encoded, retention)
+  local appended = {}
+  for _, event in ipairs(cjson.decode(encoded)) do
+    if event[3] == '' or redis.call('HSETNX', dedup, event[3], '1') == 1 then
+      local offset = redis.call('INCR', seq)
+      redis.call('XADD', stream, offset .. '-1', 'k', event[1], 'd', event[2], 't', event[4])
+      table.insert(appended, offset)
+    end
+  end
+  if retention > 0 then
+    for _, key in ipairs({stream, seq, dedup}) do
+      if redis.call('EXISTS', key) == 1 then
+        redis.call('PEXPIRE', key, retention)
+      end
+    end
+  end
+  return appended
+end
+"""
+
+# KEYS: turns, index, customer, events, event seq, event keys.
+# ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none), the turn's events.
 # Returns the new number of turns, or 0 when the turn id is already stored (nothing written).
-_APPEND = """
+_APPEND = (
+    _ADD_EVENTS
+    + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   return 0
 end
+add_events(KEYS[4], KEYS[5], KEYS[6], ARGV[5], tonumber(ARGV[4]))
 local count = redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], count - 1)
 if ARGV[3] ~= '' then
@@ -68,6 +100,21 @@ if retention > 0 then
 end
 return count
 """
+)
+
+# KEYS: turns, customer, events, event seq, event keys. ARGV: events, "1" to require the customer / "0",
+# retention ms, the required customer. The offsets appended; nothing when the conversation is unknown or another customer's.
+_APPEND_EVENTS = (
+    _ADD_EVENTS
+    + """
+if ARGV[2] == '1' then
+  if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('GET', KEYS[2]) ~= ARGV[4] then
+    return {}
+  end
+end
+return add_events(KEYS[3], KEYS[4], KEYS[5], ARGV[1], tonumber(ARGV[3]))
+"""
+)
 
 # KEYS: turns, index. ARGV: turn_id. The turn's JSON, or nil.
 _GET_TURN = """
@@ -142,6 +189,8 @@ class RedisConversationStore:
         self._retention_ms = int(retention_seconds * 1000) if retention_seconds else 0
         self._owns_client = owns_client
         self._append = client.register_script(_APPEND)
+        self._append_events = client.register_script(_APPEND_EVENTS)
+        self._listeners: list[Callable[[str], None]] = []
         self._get_turn = client.register_script(_GET_TURN)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
@@ -206,12 +255,20 @@ class RedisConversationStore:
                     self._key(turn.conversation_id, "turns"),
                     self._key(turn.conversation_id, "index"),
                     self._key(turn.conversation_id, "customer"),
+                    *self._event_keys(turn.conversation_id),
                 ],
-                args=[turn.turn_id, turn.to_json(), customer_id, self._retention_ms],
+                args=[
+                    turn.turn_id,
+                    turn.to_json(),
+                    customer_id,
+                    self._retention_ms,
+                    _encode_events(events_of_turn(turn), time.time()),
+                ],
             )
         )
         if int(count) == 0:
             raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored")
+        await self._announce(turn.conversation_id)
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
         key = self._key(conversation_id, "lock")
@@ -237,9 +294,125 @@ class RedisConversationStore:
                 extra={"conversation_id": conversation_id},
             )
 
+    # --- the event log (conversation_events.EventLog) -----------------------------------------------------
+
+    def _event_keys(self, conversation_id: str) -> list[str]:
+        return [self._key(conversation_id, part) for part in ("events", "eventseq", "eventkeys")]
+
+    @property
+    def _feed_key(self) -> str:
+        return f"{self._prefix}events-feed"
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    async def _announce(self, conversation_id: str) -> None:
+        """Wakes this process's streams at once and other replicas' at their next poll of the feed (a hint:
+        the conversation's own stream is the log; a lost hint delays a remote stream by one heartbeat)."""
+        for listener in self._listeners:
+            listener(conversation_id)
+        try:
+            await self._redis.xadd(
+                self._feed_key, {"c": conversation_id}, maxlen=FEED_MAXLEN, approximate=True
+            )
+        except redis_errors.RedisError as error:
+            logger.warning("could not announce conversation events", extra={"error": type(error).__name__})
+
+    async def conversation_owner(self, conversation_id: str) -> str | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.exists(self._key(conversation_id, "turns"))
+            pipe.get(self._key(conversation_id, "customer"))
+            exists, customer = await _available(pipe.execute())
+        if not exists:
+            return None
+        return _text(customer) if customer is not None else ""
+
+    async def append_events(
+        self, conversation_id: str, events: Sequence[NewEvent], customer_id: str | None = None
+    ) -> list[ConversationEvent]:
+        now = time.time()
+        offsets = await _available(
+            self._append_events(
+                keys=[
+                    self._key(conversation_id, "turns"),
+                    self._key(conversation_id, "customer"),
+                    *self._event_keys(conversation_id),
+                ],
+                args=[
+                    _encode_events(events, now),
+                    "0" if customer_id is None else "1",
+                    self._retention_ms,
+                    customer_id or "",
+                ],
+            )
+        )
+        if not offsets:
+            return []
+        appended = await self.read_events(conversation_id, int(offsets[0]) - 1, len(offsets))
+        await self._announce(conversation_id)
+        return appended
+
+    async def read_events(
+        self, conversation_id: str, after_offset: int, limit: int
+    ) -> list[ConversationEvent]:
+        entries = await _available(
+            self._redis.xrange(
+                self._key(conversation_id, "events"), f"{after_offset + 1}-0", "+", count=limit
+            )
+        )
+        events = []
+        for entry_id, fields in entries:
+            values = {_text(key): _text(value) for key, value in fields.items()}
+            events.append(
+                ConversationEvent(
+                    conversation_id,
+                    int(_text(entry_id).split("-", 1)[0]),
+                    values["k"],
+                    json.loads(values["d"]),
+                    float(values["t"]),
+                )
+            )
+        return events
+
+    async def end_offset(self, conversation_id: str) -> int:
+        value = await _available(self._redis.get(self._key(conversation_id, "eventseq")))
+        return int(value) if value is not None else 0
+
+    async def changed_since(self, cursor: str) -> tuple[str, set[str]]:
+        if not cursor:
+            last = await _available(self._redis.xrevrange(self._feed_key, "+", "-", count=1))
+            return (_text(last[0][0]) if last else "0-0"), set()
+        entries = await _available(self._redis.xrange(self._feed_key, f"({cursor}", "+", count=10000))
+        if not entries:
+            return cursor, set()
+        changed = {_text(fields.get(b"c", fields.get("c", b""))) for _, fields in entries}
+        return _text(entries[-1][0]), changed
+
+    async def get_cursor(self, name: str) -> int:
+        value = await _available(self._redis.get(f"{self._prefix}cursor:{name}"))
+        return int(value) if value is not None else 0
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        await _available(self._redis.set(f"{self._prefix}cursor:{name}", value))
+
     async def close(self) -> None:
         if self._owns_client:
             await self._redis.aclose()
+
+
+def _encode_events(events: Sequence[NewEvent], now: float) -> str:
+    return json.dumps(
+        [
+            [
+                event.kind,
+                json.dumps(event.data, ensure_ascii=False, separators=(",", ":")),
+                event.source_key,
+                repr(event.create_time or now),
+            ]
+            for event in events
+        ],
+        ensure_ascii=False,
+    )
 
 
 def _text(value: bytes | str) -> str:

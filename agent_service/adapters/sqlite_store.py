@@ -12,14 +12,16 @@ store opens and then at most every `retention_seconds / 10` (at least a minute a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from agent_service.conversation_events import ConversationEvent, NewEvent, events_of_turn
 from agent_service.domain import Conversation, TurnResult
 from agent_service.errors import DuplicateTurnError, StoreUnavailableError
 
@@ -48,6 +50,22 @@ CREATE TABLE IF NOT EXISTS turn_locks (
     holder          TEXT NOT NULL,
     expires_at      REAL NOT NULL
 );
+-- The event log WatchConversation reads: offsets 1, 2, ... per conversation; `id` is the global change feed.
+CREATE TABLE IF NOT EXISTS conversation_events (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    event_offset    INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    data_json       TEXT NOT NULL,
+    source_key      TEXT,
+    create_time     REAL NOT NULL,
+    UNIQUE (conversation_id, event_offset),
+    UNIQUE (conversation_id, source_key)
+);
+CREATE TABLE IF NOT EXISTS event_cursors (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -72,6 +90,7 @@ class SqliteConversationStore:
         self._clock = clock
         self._retention = retention_seconds
         self._next_purge = 0.0
+        self._listeners: list[Callable[[str], None]] = []
         if retention_seconds is not None:
             with self._lock:
                 self._purge(self._conn)
@@ -105,6 +124,7 @@ class SqliteConversationStore:
             ]
             for conversation_id in idle:
                 conn.execute("DELETE FROM turns WHERE conversation_id = ?", (conversation_id,))
+                conn.execute("DELETE FROM conversation_events WHERE conversation_id = ?", (conversation_id,))
                 conn.execute("DELETE FROM conversations WHERE conversation_id = ?", (conversation_id,))
             conn.execute("DELETE FROM turn_locks WHERE expires_at < ?", (cutoff,))
         except BaseException:
@@ -170,6 +190,7 @@ class SqliteConversationStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     (turn.conversation_id, seq, turn.turn_id, turn.to_json(), turn.create_time or now),
                 )
+                _insert_events(conn, turn.conversation_id, events_of_turn(turn), now)
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
                 raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored") from None
@@ -181,6 +202,7 @@ class SqliteConversationStore:
                 self._purge(conn)
 
         await self._run(work)
+        self._notify(turn.conversation_id)
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
@@ -214,5 +236,141 @@ class SqliteConversationStore:
 
         await self._run(work)
 
+    # --- the event log (conversation_events.EventLog) -----------------------------------------------------
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self, conversation_id: str) -> None:
+        for listener in self._listeners:
+            listener(conversation_id)
+
+    async def conversation_owner(self, conversation_id: str) -> str | None:
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT customer_id FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(work)
+
+    async def append_events(
+        self, conversation_id: str, events: Sequence[NewEvent], customer_id: str | None = None
+    ) -> list[ConversationEvent]:
+        def work(conn: sqlite3.Connection) -> list[ConversationEvent]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if customer_id is not None:
+                    row = conn.execute(
+                        "SELECT customer_id FROM conversations WHERE conversation_id = ?", (conversation_id,)
+                    ).fetchone()
+                    if row is None or row[0] != customer_id:
+                        conn.execute("ROLLBACK")
+                        return []
+                appended = _insert_events(conn, conversation_id, events, self._clock())
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return appended
+
+        appended = await self._run(work)
+        if appended:
+            self._notify(conversation_id)
+        return appended
+
+    async def read_events(
+        self, conversation_id: str, after_offset: int, limit: int
+    ) -> list[ConversationEvent]:
+        def work(conn: sqlite3.Connection) -> list[ConversationEvent]:
+            rows = conn.execute(
+                "SELECT event_offset, kind, data_json, create_time FROM conversation_events "
+                "WHERE conversation_id = ? AND event_offset > ? ORDER BY event_offset LIMIT ?",
+                (conversation_id, after_offset, limit),
+            ).fetchall()
+            return [
+                ConversationEvent(conversation_id, offset, kind, json.loads(data), create_time)
+                for offset, kind, data, create_time in rows
+            ]
+
+        return await self._run(work)
+
+    async def end_offset(self, conversation_id: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            (end,) = conn.execute(
+                "SELECT COALESCE(MAX(event_offset), 0) FROM conversation_events WHERE conversation_id = ?",
+                (conversation_id,),
+            ).fetchone()
+            return int(end)
+
+        return await self._run(work)
+
+    async def changed_since(self, cursor: str) -> tuple[str, set[str]]:
+        def work(conn: sqlite3.Connection) -> tuple[str, set[str]]:
+            if not cursor:
+                (last,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM conversation_events").fetchone()
+                return str(last), set()
+            rows = conn.execute(
+                "SELECT id, conversation_id FROM conversation_events WHERE id > ? ORDER BY id LIMIT 10000",
+                (int(cursor),),
+            ).fetchall()
+            if not rows:
+                return cursor, set()
+            return str(rows[-1][0]), {conversation_id for _, conversation_id in rows}
+
+        return await self._run(work)
+
+    async def get_cursor(self, name: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM event_cursors WHERE name = ?", (name,)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(work)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO event_cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._run(work)
+
     async def close(self) -> None:
         await self._run(lambda conn: conn.close())
+
+
+def _insert_events(
+    conn: sqlite3.Connection, conversation_id: str, events: Sequence[NewEvent], now: float
+) -> list[ConversationEvent]:
+    """Appends inside the caller's transaction; an event whose source_key the conversation has is skipped."""
+    appended: list[ConversationEvent] = []
+    for event in events:
+        if (
+            event.source_key
+            and conn.execute(
+                "SELECT 1 FROM conversation_events WHERE conversation_id = ? AND source_key = ?",
+                (conversation_id, event.source_key),
+            ).fetchone()
+        ):
+            continue
+        (offset,) = conn.execute(
+            "SELECT COALESCE(MAX(event_offset), 0) + 1 FROM conversation_events WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()
+        when = event.create_time or now
+        conn.execute(
+            "INSERT INTO conversation_events "
+            "(conversation_id, event_offset, kind, data_json, source_key, create_time) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                conversation_id,
+                offset,
+                event.kind,
+                json.dumps(event.data, ensure_ascii=False, separators=(",", ":")),
+                event.source_key or None,
+                when,
+            ),
+        )
+        appended.append(ConversationEvent(conversation_id, offset, event.kind, event.data, when))
+    return appended

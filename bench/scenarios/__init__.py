@@ -9,6 +9,7 @@
 | shedding  | MAX_CONCURRENT_TURNS small, a burst above it: RESOURCE_EXHAUSTED and how fast           |
 | floors    | one gRPC round trip, one openai client call vs a raw POST, one embedding, one Chroma query |
 | retrieval | `python -m bench.retrieval` (ingest throughput, Search latency at 100k chunks)          |
+| watch     | human reply -> customer's WatchConversation event (p95); memory of idle watch streams   |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bench.scenarios.retrieval import run_retrieval
 from bench.scenarios.shedding import run_shedding
 from bench.scenarios.startup import run_startup
 from bench.scenarios.streaming import run_streaming
+from bench.scenarios.watch import run_watch
 
 __all__ = ["SCENARIOS", "BenchContext", "Scenario", "Settings"]
 
@@ -32,4 +34,5 @@ SCENARIOS: dict[str, Scenario] = {
     "shedding": run_shedding,
     "floors": run_floors,
     "retrieval": run_retrieval,
+    "watch": run_watch,
 }

@@ -185,6 +185,67 @@ class ChromaStore:
                 for chunk_id, text, meta, distance in zip(ids, documents, metadatas, distances, strict=False)
             ]
 
+    def query_many(
+        self, embeddings: Sequence[npt.NDArray[np.float32]], n_results: int, where: Mapping[str, Any] | None
+    ) -> list[list[tuple[str, float]]]:
+        """(chunk id, distance) of the nearest chunks for each query vector, without texts or metadata."""
+        with _reachable("query"):
+            result = self._collection.query(
+                query_embeddings=list(embeddings),
+                n_results=n_results,
+                where=dict(where) if where else None,
+                include=["distances"],
+            )
+            rows: list[list[tuple[str, float]]] = []
+            for ids, distances in zip(result["ids"] or [], result.get("distances") or [], strict=False):
+                rows.append(
+                    [(chunk_id, float(distance)) for chunk_id, distance in zip(ids, distances, strict=False)]
+                )
+            return rows
+
+    def get_chunks(
+        self, ids: Sequence[str], where: Mapping[str, Any] | None, with_embeddings: bool
+    ) -> dict[str, tuple[str, Metadata, npt.NDArray[np.float32] | None]]:
+        """chunk id -> (text, metadata, embedding or None) for those of `ids` that exist and match `where`."""
+        if not ids:
+            return {}
+        include = ["documents", "metadatas", *(["embeddings"] if with_embeddings else [])]
+        with _reachable("get"):
+            result = self._collection.get(
+                ids=list(ids), where=dict(where) if where else None, include=include
+            )
+        documents = result.get("documents") or []
+        metadatas = result.get("metadatas") or []
+        embeddings = result.get("embeddings")
+        found: dict[str, tuple[str, Metadata, npt.NDArray[np.float32] | None]] = {}
+        for position, chunk_id in enumerate(result["ids"]):
+            vector = (
+                np.asarray(embeddings[position], dtype=np.float32)
+                if with_embeddings and embeddings is not None
+                else None
+            )
+            found[chunk_id] = (documents[position] or "", dict(metadatas[position] or {}), vector)
+        return found
+
+    def iter_rows(self) -> Iterator[tuple[str, str, Metadata]]:
+        """Every chunk as (id, text, metadata), a page at a time."""
+        with _reachable("iter_rows"):
+            offset = 0
+            while True:
+                page = self._collection.get(limit=_PAGE, offset=offset, include=["documents", "metadatas"])
+                ids = page["ids"]
+                documents = page.get("documents") or []
+                metadatas = page.get("metadatas") or []
+                for chunk_id, text, metadata in zip(ids, documents, metadatas, strict=False):
+                    yield chunk_id, text or "", dict(metadata or {})
+                if len(ids) < _PAGE:
+                    return
+                offset += _PAGE
+
+    def marker(self) -> tuple[int, float | None]:
+        """(chunk count, last refresh time): changes whenever any replica writes (or the collection is refilled)."""
+        return self.count(), self.last_refresh()
+
     def last_refresh(self) -> float | None:
         with _reachable("last_refresh"):
             # Re-read: another replica may have written since this one opened the collection.

@@ -38,7 +38,7 @@ async def test_stream_chat_assembles_streamed_tool_calls_and_orders_events(
 ) -> None:
     model = await start_model(
         lambda request: (
-            Reply(content="Your order ORD-12345 has shipped with UPS.", chunk_chars=5)
+            Reply(content="Your order ORD-12345 has shipped with UPS. It is on its way.", chunk_chars=5)
             if has_tool_result(request)
             else Reply(tool_calls=[ToolCallSpec(LOOKUP, '{"order_id": "ORD-12345"}', id="call_stream")])
         )
@@ -55,7 +55,7 @@ async def test_stream_chat_assembles_streamed_tool_calls_and_orders_events(
     assert kinds[0] == "sources"
     assert kinds[1:3] == ["tool_call", "tool_result"]
     assert kinds[-1] == "final"
-    assert set(kinds[3:-1]) == {"text_delta"} and len(kinds[3:-1]) > 1  # streamed in pieces
+    assert set(kinds[3:-1]) == {"text_delta"} and len(kinds[3:-1]) > 1  # streamed a sentence at a time
     assert all(request["stream"] for request in model.requests)
     started, finished = events[1].tool_call.tool_call, events[2].tool_result.tool_call
     assert (started.id, started.name, json.loads(started.arguments_json)) == (
@@ -66,7 +66,7 @@ async def test_stream_chat_assembles_streamed_tool_calls_and_orders_events(
     assert json.loads(finished.result_json)["tracking_number"] == "1Z999AA10123456784"
     final = events[-1].final
     assert "".join(event.text_delta.text for event in events[3:-1]) == final.reply
-    assert final.reply == "Your order ORD-12345 has shipped with UPS."
+    assert final.reply == "Your order ORD-12345 has shipped with UPS. It is on its way."
     assert [call.id for call in final.tool_calls] == ["call_stream"]
     # The streamed tool call went back to the model with the same id.
     tool_message = next(m for m in model.requests[1]["messages"] if m["role"] == "tool")

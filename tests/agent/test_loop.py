@@ -321,7 +321,7 @@ async def test_citations_follow_the_markers_and_only_retrieved_chunks(
         metadata=CUSTOMER,
     )
     [source] = response.sources
-    kb_message = model.requests[0]["messages"][0]  # the KB context is data inside the one system message
+    kb_message = model.requests[0]["messages"][-2]  # the KB context, just before the customer's message
     assert kb_message["role"] == "system"
     assert source.chunk_id and source.doc_id in kb_message["content"]
     assert 0.0 <= source.distance <= 2.0
@@ -415,10 +415,10 @@ async def test_history_is_bounded_by_the_token_budget(
         )
     messages = model.requests[-1]["messages"]
     assert messages[0]["content"].startswith("You are the customer-support assistant")
-    assert [m["role"] for m in messages].count("system") == 1
-    assert "Knowledge-base context" in messages[0]["content"] and "earlier turns" in messages[0]["content"]
+    assert [m["role"] for m in messages].count("system") == 2
+    assert "earlier turns" in messages[0]["content"] and "Knowledge-base context" in messages[-2]["content"]
     assert messages[-1] == {"role": "user", "content": "Question 5: " + "q" * 300}
-    history = messages[1:-1]
+    history = messages[1:-2]
     assert sum(len(str(m["content"])) for m in history) // 4 <= 400
     assert "Question 0" not in json.dumps(history)
     assert "Question 4" in json.dumps(history)

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.slow
 
@@ -105,36 +103,11 @@ def test_dockerfile_has_a_non_root_target_per_service_with_a_grpc_healthcheck() 
         assert not any(line.startswith("USER") and "root" in line for line in lines)
 
 
-def test_dev_only_packages_are_not_needed_by_any_runtime_package() -> None:
-    """The images install requirements.txt minus deploy/docker/dev-only-packages.txt; nothing kept may depend on
-    a dropped package, or pip would fetch it unpinned."""
-    dev_only = {
-        canonicalize_name(line)
-        for line in (REPO_ROOT / "deploy/docker/dev-only-packages.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
-    pinned = {
-        canonicalize_name(line.split("==", 1)[0])
-        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    }
-    assert dev_only <= pinned, dev_only - pinned
-    offenders = []
-    for name in sorted(pinned - dev_only):
-        for spec in metadata.requires(name) or []:
-            requirement = Requirement(spec)
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-                continue
-            if canonicalize_name(requirement.name) in dev_only:
-                offenders.append(f"{name} needs {requirement.name}")
-    assert offenders == []
-
-
 def test_dockerignore_keeps_secrets_and_local_state_out() -> None:
     ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "data", "tests", ".env", "support"} <= ignored
     # What the build needs stays in.
-    assert not {"protos", "service_kit", "requirements.txt", "kb", "deploy/docker"} & ignored
+    assert not {"protos", "service_kit", "requirements", "requirements-nodeps.txt", "kb"} & ignored
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -250,6 +223,24 @@ def test_compose_gives_every_service_the_credentials_secret(
         assert service["environment"].get("AUTH_DISABLED", "false") == "false", name
 
 
+def test_compose_runs_the_images_locked_down_as_image_check_does(compose: dict[str, Any]) -> None:
+    """`make image-check` starts every image with a read-only root filesystem (tmpfs /tmp, /data a volume), no
+    capabilities and no privilege escalation; compose runs them the same way."""
+    services = compose["services"]
+    for name in COMPOSE_CALLERS:
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+    for name in SERVICES:
+        targets = [
+            item["target"] if isinstance(item, dict) else item.split(":")[1]
+            for item in services[name]["volumes"]
+        ]
+        assert targets == ["/data"], name
+
+
 def test_compose_has_no_literal_secrets() -> None:
     """Every credential-like setting in the file is interpolated from the environment or points at a mounted
     secret; none is written in it."""
@@ -363,6 +354,26 @@ def test_deployments_have_native_grpc_probes_on_the_right_ports(base: list[dict[
         assert container["image"].startswith(f"support-agent/{name}:")
         assert container["resources"]["requests"]["cpu"]
         assert container["resources"]["limits"]["memory"]
+
+
+def test_compose_and_kubernetes_probe_what_each_image_healthcheck_probes(
+    compose: dict[str, Any], base: list[dict[str, Any]]
+) -> None:
+    """The health checks of compose and the readiness probes of Kubernetes ask the same port and gRPC service
+    as the HEALTHCHECK that `make image-check` runs in each image (read from the Dockerfile, not restated)."""
+    stages = _dockerfile_stages()
+    deployments = _by_kind(base, "Deployment")
+    for name in SERVICES:
+        (line,) = [line for line in stages[name] if line.startswith("HEALTHCHECK")]
+        argv = json.loads(line.split(" CMD ", 1)[1])
+        assert argv[:3] == ["python", "-m", "service_kit.healthcheck"]
+        address, service_name = argv[3], argv[4]
+        assert compose["services"][name]["healthcheck"]["test"] == ["CMD", *argv]
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        port = int(address.rsplit(":", 1)[1])
+        assert container["readinessProbe"]["grpc"] == {"port": port, "service": service_name}
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env[SERVICES[name][2]] == compose["services"][name]["environment"][SERVICES[name][2]]
 
 
 def test_services_are_headless_so_grpc_clients_round_robin(base: list[dict[str, Any]]) -> None:

@@ -114,6 +114,26 @@ async def test_two_replicas_share_one_chroma_server(
         assert deleted.documents_deleted == 1
         after = await writer.GetStats(retrieval_pb2.GetStatsRequest(), timeout=10)
         assert after.documents == ingested.added - 1
+        # The writer's lexical index may still name the deleted chunks: they are never returned.
+        stale = await writer.Search(
+            retrieval_pb2.SearchRequest(query="Do gift cards expire?", max_distance=2.0, top_k=8), timeout=10
+        )
+        assert "gift-cards.md" not in {hit.doc_id for hit in stale.hits}
+
+        # A code ingested through one replica is found lexically through the other once it sees the new marker
+        # (at most a second later; its own writes are visible at once).
+        code_doc = retrieval_pb2.Document(
+            doc_id="faq/serials.md",
+            content="# Serial numbers\n\nThe serial of the Aurora kettle is SN-88421Q.",
+        )
+        await writer.IngestDocuments(retrieval_pb2.IngestDocumentsRequest(documents=[code_doc]), timeout=60)
+        deadline = time.monotonic() + 10
+        while True:
+            found = await reader.Search(retrieval_pb2.SearchRequest(query="sn88421q"), timeout=10)
+            if (found.hits and found.hits[0].lexical_rank == 1) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)  # the other replica re-reads the collection's marker every second
+        assert found.hits[0].doc_id == "faq/serials.md" and found.hits[0].lexical_rank == 1
 
 
 async def test_unreachable_chroma_server_fails_at_start(make_server: ServerFactory) -> None:

@@ -145,7 +145,10 @@ async def test_threshold_and_nothing_relevant(populated_stub: Stub) -> None:
     )
     assert off_topic.nothing_relevant and not off_topic.hits
     assert off_topic.dropped_count == 4
-    assert off_topic.max_distance_applied == pytest.approx(0.65)
+    # No RETRIEVAL_MAX_DISTANCE: the threshold calibrated for this KB applies, and GetStats names the same one.
+    stats = await stub.GetStats(retrieval_pb2.GetStatsRequest())
+    assert off_topic.threshold_source == stats.threshold_source == "calibrated"
+    assert off_topic.max_distance_applied == pytest.approx(stats.calibrated_max_distance)
     loose = await stub.Search(
         retrieval_pb2.SearchRequest(query="Who won the football world cup in 2018?", max_distance=2.0)
     )
@@ -154,11 +157,13 @@ async def test_threshold_and_nothing_relevant(populated_stub: Stub) -> None:
         retrieval_pb2.SearchRequest(query="How do I reset my password?", max_distance=0.0)
     )
     assert strict.nothing_relevant and strict.max_distance_applied == 0.0
+    assert strict.threshold_source == "request"
 
 
 async def test_empty_knowledge_base_says_nothing_relevant(stub: Stub) -> None:
     reply = await stub.Search(retrieval_pb2.SearchRequest(query="refunds"))
     assert reply.nothing_relevant and reply.dropped_count == 0
+    assert reply.threshold_source == "fallback" and reply.max_distance_applied == pytest.approx(0.65)
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,9 @@ async def test_stats_report_counts_and_freshness(stub: Stub) -> None:
     assert stats.documents == len(list(KB_DIR.glob("*.md")))
     assert stats.chunks > stats.documents, "some articles are long enough for several chunks"
     assert stats.HasField("last_refresh_time") and stats.last_refresh_time.seconds > 0
-    assert stats.default_max_distance == pytest.approx(0.65)
+    assert stats.threshold_source == "calibrated" and stats.lexical_indexed_chunks == stats.chunks
+    assert stats.default_max_distance == pytest.approx(stats.calibrated_max_distance)
+    assert 0.45 <= stats.default_max_distance <= 0.9
 
 
 async def test_metadata_only_change_updates_without_reembedding(stub: Stub) -> None:

@@ -1,6 +1,6 @@
 """Untrusted text never speaks with system authority, through the real services: a human agent's reply and
 resolution note (hand-back), the summary of earlier turns and KB titles reach the model only as delimited data
-inside the ONE system message; a message the input guardrail blocked is not stored verbatim and never reaches
+inside our own system messages (the instructions and notes; the KB context); a message the input guardrail blocked is not stored verbatim and never reaches
 the model in a later turn. Real agent and tools servers over gRPC, real retrieval; the model is scripted.
 
 The agent tests' fixtures are imported by name (pytest finds them in this module), hence F811 below."""
@@ -68,8 +68,9 @@ async def test_hand_back_notes_reach_the_model_only_as_delimited_data(
     await chat("How long does express shipping take?")
 
     request = model.requests[-1]
-    assert _roles(request).count("system") == 1 and _roles(request)[0] == "system"
-    assert set(_roles(request)[1:]) <= {"user", "assistant"}
+    # Our instructions (with the notes) first, the KB context just before the customer's message.
+    assert _roles(request).count("system") == 2 and _roles(request)[0] == _roles(request)[-2] == "system"
+    assert set(_roles(request)[1:-2]) <= {"user", "assistant"}
     system = str(request["messages"][0]["content"])
     note_at = system.index(INJECTED_NOTE)
     assert system.rfind("<untrusted_data", 0, note_at) > system.index("Notes about this conversation")

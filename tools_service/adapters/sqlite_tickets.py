@@ -6,10 +6,48 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from tools_service.adapters.sqlite_db import SqliteDatabase, transaction
 from tools_service.errors import FailedPreconditionError, NotFoundError, RateLimitedError
-from tools_service.tickets import PRIORITIES, Escalation, Source, Ticket, TicketMessage, new_ticket_id
+from tools_service.tickets import (
+    PRIORITIES,
+    Escalation,
+    Source,
+    Ticket,
+    TicketEvent,
+    TicketMessage,
+    new_ticket_id,
+)
+
+T = TypeVar("T")
+
+# Ticket events (the change feed) and the webhook outbox: written in the same transaction as the change.
+EVENTS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ticket_events (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    type            TEXT NOT NULL,
+    ticket_id       TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    customer_id     TEXT NOT NULL,
+    data_json       TEXT NOT NULL,
+    create_time     REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS ticket_events_by_ticket ON ticket_events (ticket_id)",
+    """CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_seq       INTEGER NOT NULL,
+    url             TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT NOT NULL DEFAULT '',
+    delivered_at    REAL,
+    UNIQUE (event_seq, url)
+)""",
+    "CREATE INDEX IF NOT EXISTS webhook_deliveries_pending ON webhook_deliveries (url, status, id)",
+)
 
 _INSERT = """
 INSERT INTO tickets (ticket_id, conversation_id, customer_id, priority, reason_code, reason, summary,
@@ -67,9 +105,95 @@ def _require(conn: sqlite3.Connection, ticket_id: str) -> Ticket:
     return ticket
 
 
+def _record_event(
+    tx: sqlite3.Connection, ticket: Ticket, kind: str, now: float, outbox_urls: Sequence[str], **data: str
+) -> None:
+    """One ticket event and its webhook deliveries, inside the change's transaction."""
+    seq = tx.execute(
+        "INSERT INTO ticket_events (type, ticket_id, conversation_id, customer_id, data_json, create_time) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (kind, ticket.ticket_id, ticket.conversation_id, ticket.customer_id, json.dumps(data), now),
+    ).lastrowid
+    for url in outbox_urls:
+        tx.execute(
+            "INSERT INTO webhook_deliveries (event_seq, url, next_attempt_at) VALUES (?, ?, ?)",
+            (seq, url, now),
+        )
+
+
+def event_from_row(row: sqlite3.Row) -> TicketEvent:
+    data = json.loads(row["data_json"])
+    return TicketEvent(
+        seq=row["seq"],
+        type=row["type"],
+        ticket_id=row["ticket_id"],
+        conversation_id=row["conversation_id"],
+        customer_id=row["customer_id"],
+        create_time=row["create_time"],
+        assignee=data.get("assignee", ""),
+        author=data.get("author", ""),
+        author_name=data.get("author_name", ""),
+        text=data.get("text", ""),
+        resolution_note=data.get("resolution_note", ""),
+        priority=data.get("priority", ""),
+    )
+
+
 class SqliteTicketStore:
-    def __init__(self, db: SqliteDatabase) -> None:
+    """`outbox_urls`: every ticket event is queued for delivery to each (tools_service.webhooks delivers)."""
+
+    def __init__(self, db: SqliteDatabase, outbox_urls: Sequence[str] = ()) -> None:
         self._db = db
+        self._outbox_urls = tuple(outbox_urls)
+        self._schema_ready = False
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def db(self) -> SqliteDatabase:
+        return self._db
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    async def ensure_schema(self) -> None:
+        if not self._schema_ready:
+
+            def create(conn: sqlite3.Connection) -> None:
+                for statement in EVENTS_SCHEMA:
+                    conn.execute(statement)
+
+            await self._db.run(create)
+            self._schema_ready = True
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A ticket change (with its events) in one transaction; then the feed's listeners are woken."""
+        await self.ensure_schema()
+        result = await self._db.run(lambda conn: transaction(conn, fn))
+        self._notify()
+        return result
+
+    async def events_after(self, seq: int, limit: int) -> list[TicketEvent]:
+        await self.ensure_schema()
+
+        def fetch(conn: sqlite3.Connection) -> list[TicketEvent]:
+            rows = conn.execute(
+                "SELECT * FROM ticket_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+            return [event_from_row(row) for row in rows]
+
+        return await self._db.run(fetch)
+
+    async def last_event_seq(self) -> int:
+        await self.ensure_schema()
+        return int(
+            await self._db.run(
+                lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ticket_events").fetchone()[0]
+            )
+        )
 
     async def create(
         self, ticket_id: str, escalation: Escalation, estimated_wait: str, now: float
@@ -100,7 +224,9 @@ class SqliteTicketStore:
                     ),
                 ).rowcount
                 if inserted == 1:
-                    return _require(tx, candidate), True
+                    ticket = _require(tx, candidate)
+                    _record_event(tx, ticket, "created", now, self._outbox_urls, priority=ticket.priority)
+                    return ticket, True
                 if key is not None:
                     row = tx.execute(
                         "SELECT * FROM tickets WHERE customer_id = ? AND conversation_id = ? "
@@ -133,7 +259,7 @@ class SqliteTicketStore:
                 candidate = new_ticket_id()  # the random id collided with an existing ticket
             raise RuntimeError("could not allocate a unique ticket id")
 
-        return await self._db.run(lambda conn: transaction(conn, create))
+        return await self._write(create)
 
     async def get(self, ticket_id: str) -> Ticket | None:
         return await self._db.run(lambda conn: _load(conn, ticket_id))
@@ -169,9 +295,11 @@ class SqliteTicketStore:
                 "UPDATE tickets SET status = 'assigned', assignee = ?, update_time = ? WHERE ticket_id = ?",
                 (assignee, now, ticket_id),
             )
-            return _require(tx, ticket_id)
+            claimed = _require(tx, ticket_id)
+            _record_event(tx, claimed, "claimed", now, self._outbox_urls, assignee=assignee)
+            return claimed
 
-        return await self._db.run(lambda conn: transaction(conn, claim))
+        return await self._write(claim)
 
     async def resolve(self, ticket_id: str, note: str, now: float) -> Ticket:
         def resolve(tx: sqlite3.Connection) -> Ticket:
@@ -184,17 +312,40 @@ class SqliteTicketStore:
                 "UPDATE tickets SET status = 'resolved', resolution_note = ?, update_time = ? WHERE ticket_id = ?",
                 (note, now, ticket_id),
             )
-            return _require(tx, ticket_id)
+            resolved = _require(tx, ticket_id)
+            _record_event(
+                tx,
+                resolved,
+                "resolved",
+                now,
+                self._outbox_urls,
+                assignee=resolved.assignee,
+                resolution_note=note,
+            )
+            return resolved
 
-        return await self._db.run(lambda conn: transaction(conn, resolve))
+        return await self._write(resolve)
 
     async def purge_resolved(self, resolved_before: float) -> int:
         """Deletes tickets resolved (last updated) before `resolved_before`, with their messages; returns how
         many. Open and assigned tickets are never purged, however old."""
 
+        await self.ensure_schema()
+
         def purge(tx: sqlite3.Connection) -> int:
             stale = "SELECT ticket_id FROM tickets WHERE status = 'resolved' AND update_time < ?"
             tx.execute(f"DELETE FROM ticket_messages WHERE ticket_id IN ({stale})", (resolved_before,))
+            # Their events go too, once no webhook delivery of them is still pending.
+            tx.execute(
+                f"DELETE FROM webhook_deliveries WHERE status != 'pending' AND event_seq IN "
+                f"(SELECT seq FROM ticket_events WHERE ticket_id IN ({stale}))",
+                (resolved_before,),
+            )
+            tx.execute(
+                f"DELETE FROM ticket_events WHERE ticket_id IN ({stale}) AND seq NOT IN "
+                "(SELECT event_seq FROM webhook_deliveries)",
+                (resolved_before,),
+            )
             return tx.execute(
                 "DELETE FROM tickets WHERE status = 'resolved' AND update_time < ?", (resolved_before,)
             ).rowcount
@@ -221,6 +372,17 @@ class SqliteTicketStore:
             tx.execute(
                 "UPDATE tickets SET update_time = ? WHERE ticket_id = ?", (message.create_time, ticket_id)
             )
-            return _require(tx, ticket_id)
+            updated = _require(tx, ticket_id)
+            _record_event(
+                tx,
+                updated,
+                "message_added",
+                message.create_time,
+                self._outbox_urls,
+                author=message.author,
+                author_name=message.author_name,
+                text=message.text,
+            )
+            return updated
 
-        return await self._db.run(lambda conn: transaction(conn, append))
+        return await self._write(append)

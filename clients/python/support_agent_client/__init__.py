@@ -6,6 +6,8 @@
         response = await client.chat("conv-1", "Where is my order ORD-12345?")
         async for event in client.stream_chat("conv-1", "And when will it arrive?"):
             ...
+        async for event in client.watch("conv-1"):  # every event, live; resumes after a disconnect
+            ...
 
 The message types are the generated `support.v1` classes, re-exported here.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from support.v1.agent_pb2 import (
     ChatRequest,
     ChatResponse,
+    ConversationEvent,
     ConversationState,
     Escalation,
     GetConversationRequest,
@@ -30,6 +33,7 @@ from support.v1.agent_pb2 import (
     ToolCallStarted,
     Turn,
     Usage,
+    WatchHeartbeat,
 )
 from support.v1.types_pb2 import EscalationReason, Priority, SourceRef
 from support_agent_client._client import AgentClient, new_turn_id
@@ -55,6 +59,7 @@ __all__ = [
     "ChatRequest",
     "ChatResponse",
     "ConversationBusy",
+    "ConversationEvent",
     "ConversationNotFound",
     "ConversationState",
     "DeadlineExceeded",
@@ -81,6 +86,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Usage",
+    "WatchHeartbeat",
     "__version__",
     "from_rpc_error",
     "new_turn_id",

@@ -26,6 +26,20 @@ DEFAULT_CREDENTIALS_FILE = "data/credentials.json"
 CALLER_ROLE = "backend"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_RETRY_BACKOFF_SECONDS = 0.1
+RECONNECT_BACKOFF_SECONDS = 0.1
+DEFAULT_MAX_RECONNECT_BACKOFF_SECONDS = 2.0
+# A watch that ends with one of these is reopened from its last offset.
+RESUMABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -233,6 +247,66 @@ class AgentClient:
             self._agent_stub().GetConversation, request, self._metadata(customer_id, request_id), timeout
         )
         return response
+
+    async def watch(
+        self,
+        conversation_id: str,
+        *,
+        after_offset: int = 0,
+        live_only: bool = False,
+        customer_id: str | None = None,
+        heartbeats: bool = False,
+        heartbeat_seconds: int = 0,
+        max_reconnect_backoff: float = DEFAULT_MAX_RECONNECT_BACKOFF_SECONDS,
+    ) -> AsyncIterator[agent_pb2.ConversationEvent | agent_pb2.WatchHeartbeat]:
+        """Every event of a conversation in order (customer messages, bot replies, escalation, the human's
+        claim and replies, the hand-back): those after `after_offset` (0: all; `live_only`: none), then live
+        ones, for as long as you iterate.
+
+        A dropped stream (the agent restarted or moved, a proxy cut it, the agent cut off a slow reader) is
+        reopened transparently from the last offset received, with a back-off of 0.1 s doubling up to
+        `max_reconnect_backoff`: no event is lost or repeated. Errors that retrying cannot fix (unknown
+        conversation, not yours, an offset beyond the end) are raised as `AgentError`s. `heartbeats=True` also
+        yields the `WatchHeartbeat`s the agent sends while the conversation is idle. Leave the loop (or cancel
+        the task) to stop watching.
+        """
+        position = max(0, after_offset)
+        live = live_only
+        backoff = RECONNECT_BACKOFF_SECONDS
+        metadata = self._metadata(customer_id, None)
+        while True:
+            request = agent_pb2.WatchConversationRequest(
+                conversation_id=conversation_id,
+                after_offset=position,
+                live_only=live,
+                heartbeat_seconds=heartbeat_seconds,
+            )
+            call = self._agent_stub().WatchConversation(request, metadata=metadata, wait_for_ready=True)
+            try:
+                async for item in call:
+                    backoff = RECONNECT_BACKOFF_SECONDS
+                    if item.HasField("event"):
+                        if item.event.offset <= position:
+                            continue  # never repeated, whatever the server sends
+                        position = item.event.offset
+                        live = False
+                        yield item.event
+                    elif heartbeats:
+                        yield item.heartbeat
+                    if live and item.HasField("heartbeat"):
+                        # The stream's start is now known: a reconnect resumes from it, not from "now".
+                        position, live = item.heartbeat.end_offset, False
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RESUMABLE_CODES:
+                    raise from_rpc_error(error) from error
+                logger.debug(
+                    "watch stream dropped; resuming",
+                    extra={"target": self.target, "code": error.code().name, "after_offset": position},
+                )
+            finally:
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(max_reconnect_backoff, backoff * 2)
 
     # --- plumbing --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""What a search needs besides Chroma, derived from the collection and kept in step with it: the BM25 index
+over every chunk and the KB's calibrated relevance threshold (retrieval_service.relevance).
+
+Chroma is the only source of truth; the snapshot is derived state, rebuilt from it, never written back:
+- **Marker.** A snapshot records the collection's (chunk count, last-refresh time) read *before* its rows were
+  read. Every write through any replica calls `mark_refreshed`, so a different marker means the snapshot may
+  be stale (a write racing with a build leaves the old marker, so the next check rebuilds again).
+- **When it is checked.** After a write through this replica (`invalidate`), on the next search at once; else
+  at most every `check_seconds` (1 s), which is how writes through other replicas sharing a Chroma server are
+  seen. Restarts need nothing: a new process builds its first snapshot from the collection.
+- **How it is rebuilt.** Up to `sync_max_chunks` chunks the search that notices the change rebuilds in its
+  own thread (tens of milliseconds), so a search after an ingest or delete sees exactly the new content. A
+  larger KB is rebuilt in a background thread while searches keep using the previous snapshot (stale for a few
+  seconds after a write; hits it names that no longer exist are dropped when their texts are fetched from
+  Chroma, so a deleted chunk is never returned).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval_service.adapters.chroma_store import ChromaStore
+from retrieval_service.adapters.embedding import MiniLMEmbedding
+from retrieval_service.lexical_index import LexicalIndex, build_index
+from retrieval_service.relevance import OFF_TOPIC_PROBES, Threshold, calibrated_threshold
+
+logger = logging.getLogger(__name__)
+
+CHECK_SECONDS = 1.0
+SYNC_MAX_CHUNKS = 5000
+
+_probe_lock = threading.Lock()
+_probe_vectors: dict[int, list[np.ndarray]] = {}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    lexical: LexicalIndex
+    threshold: Threshold
+    marker: tuple[int, float | None]
+    built_seconds: float
+
+
+def probe_vectors(embedding: MiniLMEmbedding) -> list[np.ndarray]:
+    """The off-topic probes embedded once per model instance."""
+    with _probe_lock:
+        key = id(embedding.model)
+        if key not in _probe_vectors:
+            _probe_vectors[key] = list(embedding.embed(list(OFF_TOPIC_PROBES)))
+        return _probe_vectors[key]
+
+
+class SnapshotManager:
+    def __init__(
+        self,
+        store: ChromaStore,
+        embedding: MiniLMEmbedding,
+        filter_keys: Sequence[str],
+        *,
+        check_seconds: float = CHECK_SECONDS,
+        sync_max_chunks: int = SYNC_MAX_CHUNKS,
+    ) -> None:
+        self._store = store
+        self._embedding = embedding
+        self._filter_keys = tuple(filter_keys)
+        self._check_seconds = check_seconds
+        self._sync_max_chunks = sync_max_chunks
+        self._lock = threading.Lock()  # guards the fields below
+        self._build_lock = threading.Lock()  # one build at a time
+        self._snapshot: Snapshot | None = None
+        self._dirty = True
+        self._checked_at = 0.0
+        self._background: threading.Thread | None = None
+        self._closed = False
+
+    def invalidate(self) -> None:
+        """A write went through this replica: check the marker on the next search."""
+        with self._lock:
+            self._dirty = True
+
+    def current(self) -> Snapshot | None:
+        """The freshest snapshot available now (None only while a large KB's first build runs)."""
+        now = time.monotonic()
+        with self._lock:
+            snapshot = self._snapshot
+            due = self._dirty or snapshot is None or now - self._checked_at >= self._check_seconds
+            if not due:
+                return snapshot
+            self._dirty = False
+            self._checked_at = now
+        try:
+            marker = self._store.marker()
+        except Exception:
+            self.invalidate()  # check again on the next search
+            raise
+        if snapshot is not None and snapshot.marker == marker:
+            return snapshot
+        if marker[0] <= self._sync_max_chunks:
+            return self._build(marker)
+        self._start_background()
+        return snapshot
+
+    def wait_until_fresh(self, timeout: float = 300.0) -> Snapshot | None:
+        """Builds (or waits for) a snapshot of the collection as it is now; for start-up warming and benchmarks."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.invalidate()
+            marker = self._store.marker()
+            with self._build_lock:
+                snapshot = self._snapshot
+                if snapshot is not None and snapshot.marker == marker:
+                    return snapshot
+            if self._background is None or not self._background.is_alive():
+                return self._build(marker)
+            time.sleep(0.05)
+        return self._snapshot
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Waits for a background build to end (before the store it reads is closed)."""
+        with self._lock:
+            self._closed = True
+            background = self._background
+        if background is not None:
+            background.join(timeout)
+
+    def prefetch(self) -> None:
+        """Builds the first snapshot in the background (start-up), so the first searches need not wait."""
+        self._start_background()
+
+    def _start_background(self) -> None:
+        with self._lock:
+            if self._closed or (self._background is not None and self._background.is_alive()):
+                return
+            self._background = threading.Thread(target=self._build_quietly, name="kb-snapshot", daemon=True)
+            self._background.start()
+
+    def _build_quietly(self) -> None:
+        try:
+            marker = self._store.marker()
+            with self._lock:
+                current = self._snapshot
+            if current is None or current.marker != marker:
+                self._build(marker)
+        except Exception:  # the next check retries; searches keep the previous snapshot meanwhile
+            if not self._closed:
+                logger.warning(
+                    "rebuilding the lexical index failed; retrying on a later search", exc_info=True
+                )
+            self.invalidate()
+
+    def _build(self, marker: tuple[int, float | None]) -> Snapshot:
+        with self._build_lock:
+            existing = self._snapshot
+            if existing is not None and existing.marker == marker:
+                return existing
+            started = time.perf_counter()
+            threshold = self._calibrate(marker[0])
+            if existing is None and marker[0] > self._sync_max_chunks:
+                # A large KB's first build takes a while: serve the calibrated threshold (and dense-only search)
+                # meanwhile. The marker never matches, so this placeholder is replaced as soon as the build ends.
+                with self._lock:
+                    self._snapshot = Snapshot(build_index([], self._filter_keys), threshold, (-1, None), 0.0)
+            lexical = build_index(self._store.iter_rows(), self._filter_keys, marker)
+            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started)
+            with self._lock:
+                self._snapshot = snapshot
+            logger.info(
+                "knowledge base snapshot built",
+                extra={
+                    "chunks": len(lexical),
+                    "calibrated_max_distance": threshold.max_distance,
+                    "threshold_source": threshold.source,
+                    "seconds": round(snapshot.built_seconds, 3),
+                },
+            )
+            return snapshot
+
+    def _calibrate(self, chunks: int) -> Threshold:
+        if chunks == 0:
+            return calibrated_threshold([], 0)
+        rows = self._store.query_many(probe_vectors(self._embedding), 1, None)
+        best = [row[0][1] for row in rows if row]
+        return calibrated_threshold(best, chunks)

@@ -1,0 +1,384 @@
+"""The escalation backstop beyond keywords: paraphrases, disguise and other languages (real embedding model).
+
+Table-driven over the tuning set (tests/agent_policy/data/escalation_tuning.yaml): every positive escalates
+with its category's reason code and priority, every near miss does not; the cases marked ``known_miss`` are
+expected to fail (strictly, so a fix shows up). ``-s`` prints the scorecard (precision/recall per language
+and kind, rules alone vs rules + semantic layer, ms per message) that docs/policy.md quotes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from agent_service.escalation_policy import (
+    DEFAULT_RULES_PATH,
+    EscalationDecision,
+    EscalationPolicy,
+    PolicyConfigError,
+    PolicyRules,
+    SemanticExamples,
+)
+from agent_service.injection_detector import InjectionDetector
+from service_kit.embedding import MiniLMModel
+from service_kit.semantic_match import Vector
+from service_kit.text_normalise import translate_words
+
+TUNING = Path(__file__).parent / "data" / "escalation_tuning.yaml"
+EXAMPLES = DEFAULT_RULES_PATH.with_name("escalation_examples.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    text: str
+    category: str | None  # None: a near miss
+    lang: str
+    kind: str
+    known_miss: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.lang}-{self.kind}-{self.text[:40]}"
+
+
+@functools.cache
+def tuning_cases() -> tuple[Case, ...]:
+    data = yaml.safe_load(TUNING.read_text("utf-8"))
+    positives = [Case(**item) for item in data["positives"]]
+    near = [Case(category=None, **item) for item in data["near_misses"]]
+    return (*positives, *near)
+
+
+@functools.cache
+def policy() -> EscalationPolicy:
+    built = EscalationPolicy(PolicyRules.load(), warm=False)
+    assert built.warm_up(), "the semantic layer must load (the model ships offline)"
+    return built
+
+
+@functools.cache
+def rules_only() -> EscalationPolicy:
+    return EscalationPolicy(dataclasses.replace(PolicyRules.load(), semantic=None))
+
+
+def _category(decision: EscalationDecision) -> str:
+    return decision.trigger.split(":", 1)[0]
+
+
+def _param(case: Case) -> Any:
+    marks = [pytest.mark.xfail(strict=True, reason="known miss, measured")] if case.known_miss else []
+    return pytest.param(case, id=case.id, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in tuning_cases() if c.category])
+def test_positive_escalates_with_its_reason(case: Case) -> None:
+    decision = policy().evaluate(case.text)
+    assert decision is not None, case.text
+    expected = {c.name: c for c in policy().rules.categories}[str(case.category)]
+    assert (decision.reason_code, decision.priority) == (expected.reason_code, expected.priority), (
+        decision.trigger
+    )
+    assert decision.customer_message
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in tuning_cases() if not c.category])
+def test_near_miss_does_not_escalate(case: Case) -> None:
+    assert policy().evaluate(case.text) is None, policy().evaluate(case.text)
+
+
+def test_tuning_set_has_every_language_kind_and_category() -> None:
+    cases = tuning_cases()
+    assert {c.lang for c in cases} >= {"en", "es", "fr", "de", "pt"}
+    assert {c.kind for c in cases} >= {"paraphrase", "disguise", "near_miss"}
+    assert {c.category for c in cases if c.category} == {category for category, _, _ in _semantic().labels}
+    for lang in ("es", "fr", "de", "pt"):
+        assert sum(1 for c in cases if c.lang == lang and c.category) >= 7
+        assert sum(1 for c in cases if c.lang == lang and not c.category) >= 4
+
+
+def _semantic() -> SemanticExamples:
+    semantic = PolicyRules.load().semantic
+    assert semantic is not None
+    return semantic
+
+
+def test_no_tuning_message_is_copied_into_the_examples() -> None:
+    semantic = _semantic()
+    examples = {" ".join(text.casefold().split()) for _, _, texts in semantic.labels for text in texts}
+    examples |= {" ".join(text.casefold().split()) for text in semantic.negatives}
+    copied = [c.text for c in tuning_cases() if " ".join(c.text.casefold().split()) in examples]
+    assert not copied
+
+
+# --- disguise ------------------------------------------------------------------------------------------------
+
+_HOMOGLYPHS = str.maketrans({"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441"})
+
+
+def _zero_width(text: str) -> str:
+    return " ".join("\u200b".join(word) if len(word) > 3 else word for word in text.split(" "))
+
+
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
+
+
+DISGUISES = {
+    "zero_width": _zero_width,
+    "homoglyphs": lambda t: t.translate(_HOMOGLYPHS),
+    "full_width": _full_width,
+}
+
+
+@pytest.mark.parametrize("disguise", sorted(DISGUISES))
+def test_disguise_does_not_change_the_decision(disguise: str) -> None:
+    """Every tuning message, disguised, gets the decision it gets written plainly (escalates or not)."""
+    transform = DISGUISES[disguise]
+    changed = []
+    for case in tuning_cases():
+        if case.kind == "disguise":
+            continue
+        plain = policy().evaluate(case.text)
+        hidden = policy().evaluate(transform(case.text))
+        if (plain is None) != (hidden is None) or (
+            plain and hidden and (plain.reason_code, plain.priority) != (hidden.reason_code, hidden.priority)
+        ):
+            changed.append(case.text)
+    assert not changed, changed
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        ("my acc0unt was h4ck3d, s0me0ne ch4nged my p4ssw0rd", "account_security"),
+        ("t a l k  t o  a  h u m a n", "human_request"),
+        ("get me a hu-man", "human_request"),
+        ("my l4wy3r will be in touch", "legal"),
+        ("ch\u0430rged tw\u0456ce f\u043er one \u043erder", "billing_dispute"),
+        ("m\u200by c\u200bard was st\u200bolen", "payment_fraud"),
+        (_full_width("the charger caught fire"), "safety"),
+        ("I'M SO F U R I O U S", "negative_sentiment"),
+    ],
+)
+def test_disguised_triggers_escalate(message: str, category: str) -> None:
+    decision = policy().evaluate(message)
+    assert decision is not None and _category(decision) == category, decision
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "y0ur pr1ces are r1d1cul0usly g00d!",
+        "is th\u0435r\u0435 a hum\u0430n-readable invoice?",
+        "I d0nt n33d an 4gent, thanks",
+        "h0w d0 I r3s3t my p4ssw0rd?",
+        "wh\u200ben will my c\u200bard be ch\u200barged?",
+        _full_width("are you a bot?"),
+    ],
+)
+def test_disguised_near_misses_do_not_escalate(message: str) -> None:
+    assert policy().evaluate(message) is None
+
+
+# --- languages -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        ("¡Quiero hablar con un agente ahora!", "human_request"),
+        ("Ich will sofort mit einem Menschen sprechen", "human_request"),
+        ("Je veux parler avec un humain", "human_request"),
+        ("Quero falar com um humano agora", "human_request"),
+        ("Mi cuenta fue hackeada", "account_security"),
+        ("Meine Kreditkarte wurde gestohlen", "payment_fraud"),
+        ("On m'a débité deux fois", "billing_dispute"),
+        ("Vou falar com meu advogado", "legal"),
+    ],
+)
+def test_other_languages_escalate(message: str, category: str) -> None:
+    decision = policy().evaluate(message)
+    assert decision is not None, message
+    expected = {c.name: c for c in policy().rules.categories}[category]
+    assert (decision.reason_code, decision.priority) == (expected.reason_code, expected.priority), decision
+
+
+def test_lexicon_translates_words_not_addresses() -> None:
+    lexicon = {"com": "with", "mot de passe": "password", "carte": "card"}
+    assert translate_words("ma carte et mon mot de passe", lexicon) == "ma card et mon password"
+    assert translate_words("see example.com or com x", lexicon) == "see example.com or with x"
+    text = "nothing to translate here"
+    assert translate_words(text, lexicon) is text
+
+
+# --- the examples file ---------------------------------------------------------------------------------------
+
+
+def _rules_with(tmp_path: Path, examples: str) -> Path:
+    (tmp_path / "examples.yaml").write_text(textwrap.dedent(examples), "utf-8")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        textwrap.dedent(
+            """\
+            version: 1
+            examples: examples.yaml
+            categories:
+              - name: fraud
+                reason_code: sensitive_topic
+                priority: high
+                customer_message: A specialist will take over.
+                phrases: [stolen card]
+            """
+        ),
+        "utf-8",
+    )
+    return rules
+
+
+@pytest.mark.parametrize(
+    ("examples", "message"),
+    [
+        ("labels: {fraud: {examples: [a]}}", r"examples\.yaml: 'negative' must be a mapping"),
+        ("labels: {nope: {examples: [a]}}\nnegative: {examples: [b]}", r"examples\.yaml: labels\.nope: not a category"),
+        ("labels: {fraud: {examples: []}}\nnegative: {examples: [b]}", r"labels\.fraud\.examples: must be a non-empty list"),
+        ("labels: {fraud: {examples: [a, '']}}\nnegative: {examples: [b]}", r"labels\.fraud\.examples\[1\]"),
+        ("labels: {fraud: {threshold: 1.5, examples: [a]}}\nnegative: {examples: [b]}", r"labels\.fraud\.threshold: must be a number from 0 to 1"),
+        ("labels: {fraud: {examples: [a], extra: 1}}\nnegative: {examples: [b]}", r"labels\.fraud: unknown keys"),
+        ("margin: -1\nlabels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}", r"examples\.yaml: margin"),
+        ("labels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}\nlexicon: {kein: no}", r"lexicon\.kein: must map a word"),
+        ("labels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}\nlexicon: {a b c d: x}", r"lexicon\.a b c d: at most three words"),
+        ("labels: [", r"examples\.yaml: not valid YAML"),
+        ("labels: {}\nnegative: {examples: [b]}", r"'labels' must be a non-empty mapping"),
+    ],
+)  # fmt: skip
+def test_invalid_examples_file_is_rejected_at_load_naming_file_and_place(
+    tmp_path: Path, examples: str, message: str
+) -> None:
+    rules = _rules_with(tmp_path, examples)
+    with pytest.raises(PolicyConfigError, match=message):
+        PolicyRules.load(str(rules))
+
+
+def test_missing_examples_file_names_the_path(tmp_path: Path) -> None:
+    rules = _rules_with(tmp_path, "labels: {}")
+    (tmp_path / "examples.yaml").unlink()
+    with pytest.raises(PolicyConfigError, match=r"cannot read escalation examples file .*examples\.yaml"):
+        PolicyRules.load(str(rules))
+
+
+def test_custom_examples_file_drives_the_semantic_layer(tmp_path: Path) -> None:
+    rules = _rules_with(
+        tmp_path,
+        """\
+        margin: 0.05
+        labels:
+          fraud:
+            threshold: 0.5
+            examples: [someone is using my bank card without permission]
+        negative:
+          examples: [which cards do you accept]
+        """,
+    )
+    custom = EscalationPolicy(PolicyRules.load(str(rules)), warm=False)
+    decision = custom.evaluate("a thief has been paying with my debit card")
+    assert decision is not None and decision.trigger.startswith("fraud: like ")
+    assert "thief" not in decision.trigger  # the trigger names the example, never the customer's words
+    assert custom.evaluate("do you take debit cards?") is None
+    assert custom.evaluate_all("stolen card, a thief has been paying with my debit card")[0].trigger == (
+        "fraud: 'stolen card'"
+    )
+
+
+# --- cost: one embedding per message per turn -----------------------------------------------------------------
+
+
+class CountingEmbedder:
+    def __init__(self) -> None:
+        self.model = MiniLMModel.shared()
+        self.texts: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        self.texts.extend(texts)
+        return self.model.embed(texts)
+
+
+def test_the_detector_and_the_backstop_embed_a_message_once() -> None:
+    embedder = CountingEmbedder()
+    detector = InjectionDetector.from_yaml(embedder)
+    escalation = EscalationPolicy(PolicyRules.load(), embedder=embedder, warm=False)
+    assert escalation.warm_up()
+    message = "Hello, I believe a stranger has been paying with my credit card on your website."
+    before = len(embedder.texts)
+    assert detector.detect(message) is None
+    embedded = len(embedder.texts) - before
+    assert embedded >= 1
+    decision = escalation.evaluate(message)
+    assert decision is not None and decision.reason_code == "sensitive_topic"
+    assert len(embedder.texts) - before == embedded  # the backstop reused the detector's vectors
+
+
+# --- the scorecard docs/policy.md quotes ----------------------------------------------------------------------
+
+
+def _rates(decide: Any, cases: Sequence[Case]) -> tuple[int, int, int, int]:
+    tp = fp = fn = tn = 0
+    for case in cases:
+        fired = decide(case.text) is not None
+        if case.category:
+            tp, fn = tp + fired, fn + (not fired)
+        else:
+            fp, tn = fp + fired, tn + (not fired)
+    return tp, fp, fn, tn
+
+
+def test_scorecard() -> None:
+    cases = tuning_cases()
+    lines = []
+    for name, layer in (("rules only", rules_only()), ("rules + semantic", policy())):
+        tp, fp, fn, _ = _rates(layer.evaluate, cases)
+        precision, recall = tp / max(1, tp + fp), tp / max(1, tp + fn)
+        lines.append(
+            f"{name:<17} precision {tp}/{tp + fp} = {precision:.2f}  recall {tp}/{tp + fn} = {recall:.2f}"
+        )
+        for lang in ("en", "es", "fr", "de", "pt"):
+            for kind in ("paraphrase", "disguise", "near_miss"):
+                subset = [c for c in cases if c.lang == lang and c.kind == kind]
+                if subset:
+                    stp, sfp, sfn, stn = _rates(layer.evaluate, subset)
+                    lines.append(
+                        f"    {lang} {kind:<10} escalated {stp}/{stp + sfn}  false {sfp}/{sfp + stn}"
+                    )
+        if name != "rules only":
+            assert precision >= 0.95 and recall >= 0.88
+            assert sum(1 for c in cases if c.known_miss) <= 10
+    # ms per message: a new message after the injection detector embedded it (the turn's order), and cold
+    detector = InjectionDetector.from_yaml(MiniLMModel.shared())
+    warm_ms: dict[bool, list[float]] = {True: [], False: []}
+    cold_ms = []
+    for index, case in enumerate(cases):
+        text = f"{case.text} ({index})"
+        detector.detect(text)
+        start = time.perf_counter()
+        policy().evaluate(text)
+        warm_ms[case.lang == "en"].append((time.perf_counter() - start) * 1000)
+    for index, case in enumerate(cases[:30]):
+        start = time.perf_counter()
+        policy().evaluate(f"{case.text} [{index}]")
+        cold_ms.append((time.perf_counter() - start) * 1000)
+    lines.append(
+        f"ms per message after the detector: English p50 {statistics.median(warm_ms[True]):.2f}, "
+        f"p90 {float(np.percentile(warm_ms[True], 90)):.2f}; other languages (lexicon: one more embedding) "
+        f"p50 {statistics.median(warm_ms[False]):.1f}; a message not embedded before p50 "
+        f"{statistics.median(cold_ms):.1f}"
+    )
+    print("\n" + "\n".join(lines))
