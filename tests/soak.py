@@ -134,6 +134,14 @@ async def drive(stack: ProcessStack, seconds: float, rate: float, stats: Stats) 
     interval = 1.0 / rate
     async with role_channel(stack.addrs["agent"], stack.credentials) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+        # The agent reports SERVING while its embedding model (injection detector, escalation backstop) still
+        # loads in the background, and the first turns wait for it — seconds on a busy machine, longer than a
+        # lane's interval. The soak measures the steady state, so one turn waits that out before the clock starts.
+        await stub.Chat(
+            agent_pb2.ChatRequest(conversation_id="soak-warm-up", message=MESSAGES[0][1]),
+            metadata=(("x-customer-id", "cust-001"),),
+            timeout=TURN_TIMEOUT,
+        )
         start = time.monotonic()
         tasks: set[asyncio.Task[None]] = set()
         index = 0
