@@ -22,7 +22,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, Text
 from agent_service.query_rewrite import contextual_query
 from agent_service.texts import DONT_KNOW
 from service_kit import observability
-from service_kit.semantic_match import Embedder, Vector
+from service_kit.semantic_match import Embedder, Vector, shared_cache
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +121,6 @@ MIN_ANSWER_SIMILARITY = 0.4
 LEXICAL_WEIGHT = 0.2
 HIT_RANK_PENALTY = 0.02
 CROSS_REFERENCE_PENALTY = 0.15
-SENTENCE_CACHE_SIZE = 4096
 _POINTS_BACK = re.compile(r"^(?:it|its|this|that|these|those|they|their|such)\b", re.IGNORECASE)
 
 
@@ -235,11 +233,8 @@ class SentenceRanker:
     by the lexical share alone.
     """
 
-    def __init__(self, embedder: Embedder | None = None, cache_size: int = SENTENCE_CACHE_SIZE) -> None:
+    def __init__(self, embedder: Embedder | None = None) -> None:
         self._embedder = embedder
-        self._cache: OrderedDict[str, Vector] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
         self._unavailable = False
 
     def _model(self) -> Embedder | None:
@@ -257,19 +252,14 @@ class SentenceRanker:
         self, embedder: Embedder, queries: Sequence[str], texts: Sequence[str]
     ) -> tuple[Vector, Vector]:
         """(query vectors, text vectors) as matrices; one embed call for the queries and uncached texts."""
-        with self._lock:
-            missing = list(dict.fromkeys(text for text in texts if text not in self._cache))
+        cache = shared_cache(embedder)
+        found = cache.get_many(texts)
+        missing = list(dict.fromkeys(text for text in texts if text not in found))
         embedded = embedder.embed([*queries, *missing]) if queries or missing else []
         query_vectors = embedded[: len(queries)]
-        with self._lock:
-            for text, vector in zip(missing, embedded[len(queries) :], strict=True):
-                self._cache[text] = vector
-            found = {text: self._cache[text] for text in texts if text in self._cache}
-            for text in texts:
-                if text in self._cache:
-                    self._cache.move_to_end(text)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        fresh = dict(zip(missing, embedded[len(queries) :], strict=True))
+        cache.put_many(fresh)
+        found.update(fresh)
         dimension = len(query_vectors[0]) if query_vectors else 0
         text_matrix = (
             np.stack([found[text] for text in texts]) if texts else np.zeros((0, dimension), dtype=np.float32)
