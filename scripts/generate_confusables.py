@@ -1,10 +1,10 @@
 """Regenerates service_kit/confusables_table.py from Unicode's confusables data (UTS #39).
 
-The data comes from the `confusable-homoglyphs` package (which bundles confusables.txt as JSON); it is
-only needed to run this script, not at run time:
+The data comes from the `confusable-homoglyphs` package (which bundles confusables.txt as JSON), pinned in
+the dev requirements; it is needed to run this script and its staleness test
+(tests/service_kit/test_confusables_table.py), not at run time:
 
-    pip install --target /tmp/ch confusable-homoglyphs==3.3.1
-    PYTHONPATH=/tmp/ch .venv/bin/python scripts/generate_confusables.py > service_kit/confusables_table.py
+    .venv/bin/python scripts/generate_confusables.py > service_kit/confusables_table.py
 
 Kept: single characters that Unicode lists as confusable with a Latin letter, in the form they have after
 NFKC with combining marks removed (what the normaliser sees at that point, before casefolding), that are
