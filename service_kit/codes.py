@@ -47,6 +47,7 @@ MESSAGE_AUTHOR = ProtoEnum(tools_pb2.MessageAuthor)
 ORDER_STATUS = ProtoEnum(tools_pb2.OrderStatus)
 TOOL_ERROR_CODE = ProtoEnum(tools_pb2.ToolErrorCode)
 DOCUMENT_OUTCOME = ProtoEnum(retrieval_pb2.DocumentOutcome)
+ACTION_STATE = ProtoEnum(types_pb2.ActionState)
 
 ESCALATION_REASON_CODES: tuple[str, ...] = ESCALATION_REASON.codes
 PRIORITY_CODES: tuple[str, ...] = PRIORITY.codes
