@@ -14,6 +14,7 @@ from agent_service.adapters.retrieval_client import RetrievalClient
 from agent_service.adapters.sqlite_store import SqliteConversationStore
 from agent_service.adapters.ticket_feed import TicketEventFollower
 from agent_service.adapters.tools_client import ToolsClient
+from agent_service.adapters.webhook_relay import ConversationEventRelay
 from agent_service.breaker import CircuitBreaker, FallbackModel
 from agent_service.config import Config
 from agent_service.conversation_events import ConversationWatcher, EventHub, EventLog
@@ -120,6 +121,9 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
             follower = TicketEventFollower(tools_channel, store)
             follower.start()
             closers.append(follower.stop)
+            relay = ConversationEventRelay(tools_channel, store, store)
+            relay.start()
+            closers.append(relay.stop)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runner, conversation_watcher), server)  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
         channels = {

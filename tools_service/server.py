@@ -88,7 +88,15 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
             [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
         )
         tools_pb2_grpc.add_ToolsServiceServicer_to_server(
-            ToolsServicer(runner, orders, tickets, feed=TicketFeed(ticket_store), outbox=outbox), server
+            ToolsServicer(
+                runner,
+                orders,
+                tickets,
+                feed=TicketFeed(ticket_store),
+                # No webhook URLs: nothing to list, redeliver or publish.
+                outbox=outbox if config.webhooks.urls else None,
+            ),
+            server,
         )  # type: ignore[no-untyped-call]
         port = await start_serving(server, health_servicer, [SERVICE_NAME], config.addr)
     logger.info(

@@ -43,6 +43,7 @@ from tools_service.tickets import (
     TicketEvent,
     TicketFeed,
     TicketService,
+    validate_conversation_event,
     validate_escalation,
 )
 from tools_service.tools import ToolFailure, ToolRunner
@@ -189,6 +190,8 @@ PERMISSIONS = auth.PermissionTable(
         "WatchTicketEvents": auth.allow(auth.SERVICE, service_needs_customer=False),
         "ListWebhookDeliveries": auth.allow(auth.STAFF),
         "RedeliverWebhooks": auth.allow(auth.STAFF),
+        # Conversation events of every customer, for the webhooks: only the agent (service) publishes them.
+        "PublishConversationEvents": auth.allow(auth.SERVICE, service_needs_customer=False),
     },
 )
 
@@ -397,7 +400,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                     tools_pb2.WebhookDelivery(
                         delivery_id=delivery.delivery_id,
                         event_id=delivery.event.event_id,
-                        event_type=f"ticket.{delivery.event.type}",
+                        event_type=delivery.event.webhook_type,
                         url=delivery.url,
                         status=_DELIVERY_STATUS[delivery.status],
                         attempts=delivery.attempts,
@@ -418,3 +421,27 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
             requeued = await self._outbox.requeue_dead(tuple(request.delivery_ids), time.time())
             logger.info("requeued %d dead-lettered webhook deliveries", requeued)
             return tools_pb2.RedeliverWebhooksResponse(requeued=requeued)
+
+    async def PublishConversationEvents(  # noqa: N802
+        self,
+        request: tools_pb2.PublishConversationEventsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> tools_pb2.PublishConversationEventsResponse:
+        async with ERROR_GUARD(context):
+            if self._outbox is None:
+                return tools_pb2.PublishConversationEventsResponse(webhooks_configured=False)
+            events = [
+                validate_conversation_event(
+                    event_id=event.event_id,
+                    type=event.type,
+                    conversation_id=event.conversation_id,
+                    customer_id=event.customer_id,
+                    create_time=event.create_time.ToNanoseconds() / 1e9,
+                    data_json=event.data_json,
+                )
+                for event in request.events
+            ]
+            queued, duplicates = await self._tickets.publish_conversation_events(events, _deadline(context))
+            return tools_pb2.PublishConversationEventsResponse(
+                queued=queued, duplicates=duplicates, webhooks_configured=True
+            )

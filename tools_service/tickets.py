@@ -14,11 +14,12 @@ import builtins
 import contextlib
 import hashlib
 import json
+import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from service_kit.codes import ESCALATION_REASON_CODES, PRIORITY_CODES
 from tools_service.deadlines import budget, with_timeout
@@ -135,10 +136,25 @@ class Escalation:
 
 
 EVENT_TYPES = ("created", "claimed", "message_added", "resolved")
+# Conversation events share the event table and the webhook outbox (tools_service/webhooks.py) but not the
+# ticket change feed.
+CONVERSATION_EVENT_PREFIX = "conversation."
 # How often a ticket feed looks for events other processes wrote (its own are seen at once).
 FEED_POLL_SECONDS = 0.5
 FEED_HEARTBEAT_SECONDS = 15.0
 FEED_BATCH = 200
+
+
+@dataclass(frozen=True)
+class ConversationWebhookEvent:
+    """A conversation event the agent publishes for the helpdesk webhooks (PublishConversationEvents)."""
+
+    event_id: str
+    type: str  # "conversation.<kind>"
+    conversation_id: str
+    customer_id: str
+    create_time: float
+    payload: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -158,10 +174,19 @@ class TicketEvent:
     text: str = ""
     resolution_note: str = ""
     priority: str = ""
+    # A conversation event the agent published for the webhooks (type "conversation.<kind>", no ticket): its
+    # own id and its payload as JSON.
+    external_id: str = ""
+    payload_json: str = ""
 
     @property
     def event_id(self) -> str:
-        return f"tev-{self.seq}"
+        return self.external_id or f"tev-{self.seq}"
+
+    @property
+    def webhook_type(self) -> str:
+        """The `type` of the webhook body: "ticket.<type>", or a conversation event's own "conversation.<kind>"."""
+        return self.type if self.type.startswith(CONVERSATION_EVENT_PREFIX) else f"ticket.{self.type}"
 
 
 class TicketStore(Protocol):
@@ -196,6 +221,12 @@ class TicketStore(Protocol):
 
     async def last_event_seq(self) -> int: ...
 
+    async def publish_conversation_events(
+        self, events: Sequence[ConversationWebhookEvent]
+    ) -> tuple[int, int]:
+        """Queues conversation events for the webhooks, skipping ids queued before: (queued, duplicates)."""
+        ...
+
     def add_listener(self, listener: Callable[[], None]) -> None:
         """`listener()` is called after this process committed ticket events."""
         ...
@@ -220,6 +251,41 @@ def stored_idempotency_key(value: str) -> str:
     if len(key) <= MAX_ID_LENGTH:
         return key
     return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+MAX_PUBLISHED_EVENTS = 500
+MAX_EVENT_PAYLOAD_BYTES = 64 * 1024
+_EVENT_KIND = re.compile(r"[a-z][a-z_]{0,39}")
+
+
+def validate_conversation_event(
+    *, event_id: str, type: str, conversation_id: str, customer_id: str, create_time: float, data_json: str
+) -> ConversationWebhookEvent:
+    """A published conversation event, checked: ids, a "conversation.<kind>" type, a JSON object payload."""
+    _check_id("event_id", event_id)
+    _check_id("conversation_id", conversation_id)
+    kind = type.removeprefix(CONVERSATION_EVENT_PREFIX)
+    if not type.startswith(CONVERSATION_EVENT_PREFIX) or not _EVENT_KIND.fullmatch(kind):
+        raise InvalidArgumentError(
+            "type", 'type must look like "conversation.<kind>", e.g. conversation.bot_reply.'
+        )
+    check_text("customer_id", customer_id, MAX_ID_LENGTH, required=False, multiline=False)
+    if len(data_json.encode("utf-8")) > MAX_EVENT_PAYLOAD_BYTES:
+        raise InvalidArgumentError("data_json", f"data_json is larger than {MAX_EVENT_PAYLOAD_BYTES} bytes.")
+    try:
+        payload = json.loads(data_json or "{}")
+    except (ValueError, RecursionError):
+        raise InvalidArgumentError("data_json", "data_json is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise InvalidArgumentError("data_json", "data_json must be a JSON object.")
+    return ConversationWebhookEvent(
+        event_id=event_id,
+        type=type,
+        conversation_id=conversation_id,
+        customer_id=customer_id,
+        create_time=create_time or time.time(),
+        payload=payload,
+    )
 
 
 def validate_escalation(
@@ -275,6 +341,17 @@ class TicketService:
         self._max_messages = max_messages
         self._escalations = escalation_limiter or WindowLimiter(
             ESCALATIONS_PER_CUSTOMER_PER_MINUTE, "escalations_per_customer_per_minute", "new tickets"
+        )
+
+    async def publish_conversation_events(
+        self, events: Sequence[ConversationWebhookEvent], deadline: float | None
+    ) -> tuple[int, int]:
+        if len(events) > MAX_PUBLISHED_EVENTS:
+            raise InvalidArgumentError("events", f"send at most {MAX_PUBLISHED_EVENTS} events per call.")
+        if not events:
+            return 0, 0
+        return await with_timeout(
+            self._store.publish_conversation_events(events), budget(self._timeout, deadline), "ticket system"
         )
 
     async def _visible(self, caller: Caller, ticket_id: str, deadline: float | None) -> Ticket:

@@ -1,4 +1,6 @@
-"""Helpdesk webhooks: every ticket event, POSTed as signed JSON to the URLs an operator configures.
+"""Helpdesk webhooks: every ticket event and every conversation event the agent publishes
+(PublishConversationEvents: customer message, bot reply, escalation, hand-back, action, ...), POSTed as signed
+JSON to the URLs an operator configures.
 
 The outbox is durable: a ticket change writes its event and one `webhook_deliveries` row per configured URL in
 the same SQLite transaction (adapters/sqlite_tickets.py), so an event is never lost between the change and
@@ -52,7 +54,18 @@ STATUSES = ("pending", "delivered", "dead")
 
 
 def event_payload(event: TicketEvent) -> dict[str, Any]:
-    data: dict[str, Any] = {
+    data: dict[str, Any]
+    if event.payload_json:  # a conversation event: the agent's payload as published
+        data = json.loads(event.payload_json)
+        data.setdefault("conversation_id", event.conversation_id)
+        data.setdefault("customer_id", event.customer_id)
+        return {
+            "id": event.event_id,
+            "type": event.webhook_type,
+            "time": _iso(event.create_time),
+            "data": data,
+        }
+    data = {
         "ticket_id": event.ticket_id,
         "conversation_id": event.conversation_id,
         "customer_id": event.customer_id,
@@ -65,12 +78,11 @@ def event_payload(event: TicketEvent) -> dict[str, Any]:
         data.update(author=event.author, author_name=event.author_name, text=event.text)
     elif event.type == "resolved":
         data.update(assignee=event.assignee, resolution_note=event.resolution_note)
-    return {
-        "id": event.event_id,
-        "type": f"ticket.{event.type}",
-        "time": datetime.fromtimestamp(event.create_time, UTC).isoformat().replace("+00:00", "Z"),
-        "data": data,
-    }
+    return {"id": event.event_id, "type": event.webhook_type, "time": _iso(event.create_time), "data": data}
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -103,7 +115,7 @@ def signed_request(secret: str, event: TicketEvent, now: float | None = None) ->
     headers = {
         "Content-Type": "application/json",
         EVENT_ID_HEADER: event.event_id,
-        EVENT_TYPE_HEADER: f"ticket.{event.type}",
+        EVENT_TYPE_HEADER: event.webhook_type,
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: sign(secret, timestamp, body),
     }

@@ -378,6 +378,10 @@ class RedisConversationStore:
         value = await _available(self._redis.get(self._key(conversation_id, "eventseq")))
         return int(value) if value is not None else 0
 
+    @property
+    def feed_start(self) -> str:
+        return "0-0"
+
     async def changed_since(self, cursor: str) -> tuple[str, set[str]]:
         if not cursor:
             last = await _available(self._redis.xrevrange(self._feed_key, "+", "-", count=1))

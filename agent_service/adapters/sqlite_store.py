@@ -305,6 +305,10 @@ class SqliteConversationStore:
 
         return await self._run(work)
 
+    @property
+    def feed_start(self) -> str:
+        return "0"
+
     async def changed_since(self, cursor: str) -> tuple[str, set[str]]:
         def work(conn: sqlite3.Connection) -> tuple[str, set[str]]:
             if not cursor:

@@ -13,6 +13,7 @@ from tools_service.adapters.sqlite_db import SqliteDatabase, transaction
 from tools_service.errors import FailedPreconditionError, NotFoundError, RateLimitedError
 from tools_service.tickets import (
     PRIORITIES,
+    ConversationWebhookEvent,
     Escalation,
     Source,
     Ticket,
@@ -35,6 +36,9 @@ EVENTS_SCHEMA = (
     create_time     REAL NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS ticket_events_by_ticket ON ticket_events (ticket_id)",
+    # Conversation events (no ticket) are published by the agent under their own ids, each at most once.
+    "CREATE UNIQUE INDEX IF NOT EXISTS ticket_events_conversation_event_id "
+    "ON ticket_events (json_extract(data_json, '$.event_id')) WHERE ticket_id = ''",
     """CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     event_seq       INTEGER NOT NULL,
@@ -121,6 +125,30 @@ def _record_event(
         )
 
 
+def _record_conversation_event(
+    tx: sqlite3.Connection, event: ConversationWebhookEvent, outbox_urls: Sequence[str]
+) -> bool:
+    """Queues one conversation event for the webhooks unless its id was queued before; True when queued."""
+    known = tx.execute(
+        "SELECT 1 FROM ticket_events WHERE ticket_id = '' AND json_extract(data_json, '$.event_id') = ?",
+        (event.event_id,),
+    ).fetchone()
+    if known is not None:
+        return False
+    data = {"event_id": event.event_id, "payload": event.payload}
+    seq = tx.execute(
+        "INSERT INTO ticket_events (type, ticket_id, conversation_id, customer_id, data_json, create_time) "
+        "VALUES (?, '', ?, ?, ?, ?)",
+        (event.type, event.conversation_id, event.customer_id, json.dumps(data), event.create_time),
+    ).lastrowid
+    for url in outbox_urls:
+        tx.execute(
+            "INSERT INTO webhook_deliveries (event_seq, url, next_attempt_at) VALUES (?, ?, ?)",
+            (seq, url, event.create_time),
+        )
+    return True
+
+
 def event_from_row(row: sqlite3.Row) -> TicketEvent:
     data = json.loads(row["data_json"])
     return TicketEvent(
@@ -136,6 +164,8 @@ def event_from_row(row: sqlite3.Row) -> TicketEvent:
         text=data.get("text", ""),
         resolution_note=data.get("resolution_note", ""),
         priority=data.get("priority", ""),
+        external_id=data.get("event_id", ""),
+        payload_json=json.dumps(data["payload"], ensure_ascii=False) if "payload" in data else "",
     )
 
 
@@ -181,7 +211,8 @@ class SqliteTicketStore:
 
         def fetch(conn: sqlite3.Connection) -> list[TicketEvent]:
             rows = conn.execute(
-                "SELECT * FROM ticket_events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+                "SELECT * FROM ticket_events WHERE seq > ? AND ticket_id != '' ORDER BY seq LIMIT ?",
+                (seq, limit),
             ).fetchall()
             return [event_from_row(row) for row in rows]
 
@@ -194,6 +225,17 @@ class SqliteTicketStore:
                 lambda conn: conn.execute("SELECT COALESCE(MAX(seq), 0) FROM ticket_events").fetchone()[0]
             )
         )
+
+    async def publish_conversation_events(
+        self, events: Sequence[ConversationWebhookEvent]
+    ) -> tuple[int, int]:
+        """Queues the events for the webhooks in one transaction; returns (queued, duplicates)."""
+
+        def publish(tx: sqlite3.Connection) -> tuple[int, int]:
+            queued = sum(_record_conversation_event(tx, event, self._outbox_urls) for event in events)
+            return queued, len(events) - queued
+
+        return await self._write(publish)
 
     async def create(
         self, ticket_id: str, escalation: Escalation, estimated_wait: str, now: float
