@@ -30,7 +30,13 @@ _INTERNAL_BLOCK: Final[re.Pattern[str]] = re.compile(
     r"<\s*(tools|tool_call|tool_calls|function_calls?)\b[^<>]*>.*?(?:<\s*/\s*\1\s*>|\Z)",
     re.IGNORECASE | re.DOTALL,
 )
-# The fences around untrusted data (the text between them may be quoted; the markup never).
+# A context block the model echoed, fence and all (to its closing fence or the end of the reply): a dump of the
+# prompt's KB context with its header lines, not an answer. Text quoted without the fences is left alone.
+_ECHOED_CONTEXT: Final[re.Pattern[str]] = re.compile(
+    r"<\s*untrusted[\s_-]*data\b[^<>]{0,300}>.*?(?:<\s*/\s*untrusted[\s_-]*data\b[^<>]{0,300}>|\Z)",
+    re.IGNORECASE | re.DOTALL,
+)
+# The fences around untrusted data, wherever one is left on its own.
 _INTERNAL_TAG: Final[re.Pattern[str]] = re.compile(
     r"<\s*/?\s*(?:untrusted[\s_-]*data|tools|tool_calls?|function_calls?)\b[^<>]{0,300}>?", re.IGNORECASE
 )
@@ -104,6 +110,9 @@ def remove_internal_markup(reply: str) -> tuple[str, str | None]:
     text, count = _remove_tool_call_json(text)
     if count:
         found.append("tool-call JSON")
+    text, count = _ECHOED_CONTEXT.subn("", text)
+    if count:
+        found.append("echoed context block")
     text, count = _INTERNAL_TAG.subn("", text)
     if count:
         found.append("untrusted-data markup")

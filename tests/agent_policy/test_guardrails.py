@@ -238,6 +238,33 @@ def test_short_system_prompt_is_compared_whole() -> None:
 
 
 @pytest.mark.parametrize(
+    ("reply", "kept"),
+    [
+        # A dump of a context block, header lines and all (seen from a 0.5B model): nothing of it is sent.
+        (
+            untrusted_block(
+                "kb source [1]", "title: Track your order\ndocument: order-tracking.md\n\n# Track"
+            )
+            + " Anything else?",
+            "Anything else?",
+        ),
+        # Cut off before its closing fence (max_tokens): the block runs to the end of the reply.
+        (
+            'Here you go. <untrusted_data id="0a1b2c3d4e5f" source="kb">title: Returns\ndocument: r.md',
+            "Here you go.",
+        ),
+        # A stray fence alone: only the fence goes.
+        ("Refunds take 5 days. </untrusted_data>", "Refunds take 5 days."),
+    ],
+    ids=["whole-block", "unclosed-block", "stray-fence"],
+)
+def test_an_echoed_context_block_is_removed_whole(reply: str, kept: str) -> None:
+    verdict = check_output(reply, "Be kind.", [], [])
+    assert verdict.reply == kept
+    assert [flag.rule for flag in verdict.flags] == ["internal_markup"]
+
+
+@pytest.mark.parametrize(
     "reply",
     [
         "Start a return at account.example.com/returns.",
