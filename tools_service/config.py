@@ -11,6 +11,8 @@ from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_bool, env_float, env_int, env_opt, env_str
 from service_kit.grpc_server import ServerLimits
 from service_kit.tls import TlsConfig
+from tools_service.order_rules import RETURN_WINDOW_DAYS
+from tools_service.tool_catalog import SHIPPED_TOOLS_FILE, load_tools
 from tools_service.webhooks_config import WebhookSettings
 
 DEFAULT_ADDR = "127.0.0.1:50053"
@@ -41,6 +43,14 @@ class Config:
     order_api_auth_header: str | None = None
     order_api_timeout_seconds: float = 5.0
     order_api_retries: int = 2
+    # The tools the model gets (TOOLS_FILE; docs/tools.md), validated at start-up.
+    tools_file: Path = SHIPPED_TOOLS_FILE
+    # A proposed write action not confirmed within this many seconds expires (ACTION_TTL_SECONDS).
+    action_ttl_seconds: float = 600.0
+    # Write actions a customer may have proposed in the last hour (WRITE_ACTIONS_PER_CUSTOMER_PER_HOUR).
+    write_actions_per_customer_per_hour: int = 10
+    # Days after delivery a return can be started (RETURN_WINDOW_DAYS).
+    return_window_days: int = RETURN_WINDOW_DAYS
     # Seed the demo orders into an empty SQLite order store on start.
     seed_demo_data: bool = True
     # Principals (service_kit.auth): AUTH_CREDENTIALS_FILE / AUTH_TOKENS_<ROLE>, or AUTH_DISABLED=true.
@@ -75,6 +85,8 @@ class Config:
         if auth_header is not None and ":" not in auth_header:
             raise ConfigError("ORDER_API_AUTH_HEADER must look like 'Header-Name: value'")
         timeout = env_float("TOOL_TIMEOUT_SECONDS", 10.0, environ, minimum=0.001)
+        tools_file = Path(env_opt("TOOLS_FILE", environ) or SHIPPED_TOOLS_FILE)
+        load_tools(tools_file, order_id_pattern=pattern, environ=environ)  # a bad file stops the start here
         return cls(
             addr=env_str("TOOLS_ADDR", DEFAULT_ADDR, environ),
             data_dir=Path(env_str("DATA_DIR", "./data", environ)),
@@ -100,6 +112,12 @@ class Config:
             order_api_auth_header=auth_header,
             order_api_timeout_seconds=env_float("ORDER_API_TIMEOUT_SECONDS", 5.0, environ, minimum=0.001),
             order_api_retries=env_int("ORDER_API_RETRIES", 2, environ, minimum=0),
+            tools_file=tools_file,
+            action_ttl_seconds=env_float("ACTION_TTL_SECONDS", 600.0, environ, minimum=1.0),
+            write_actions_per_customer_per_hour=env_int(
+                "WRITE_ACTIONS_PER_CUSTOMER_PER_HOUR", 10, environ, minimum=1
+            ),
+            return_window_days=env_int("RETURN_WINDOW_DAYS", RETURN_WINDOW_DAYS, environ, minimum=0),
             seed_demo_data=env_bool("TOOLS_SEED_DEMO_DATA", True, environ),
             auth=AuthConfig.from_env(environ),
             tls=TlsConfig.from_env(environ),

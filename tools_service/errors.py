@@ -8,8 +8,11 @@ ToolsError
 ├── RateLimitedError          over a limit (retry_after_seconds)    → RESOURCE_EXHAUSTED
 ├── ConflictError             same idempotency key, other payload   → ALREADY_EXISTS
 ├── FailedPreconditionError   wrong ticket state for the action     → FAILED_PRECONDITION
+│   └── NotAllowedError       an order rule refuses a write now      → FAILED_PRECONDITION
 ├── BackendTimeoutError       backend slower than the deadline      → DEADLINE_EXCEEDED
-└── BackendUnavailableError   backend down or answering garbage     → UNAVAILABLE
+├── BackendUnavailableError   backend down or answering garbage     → UNAVAILABLE
+├── WriteRefusedError         a backend definitely refused a write  (an action's NOT_EXECUTED note)
+└── WriteOutcomeUnknownError  a write may or may not have happened  (an action's UNKNOWN note)
 """
 
 from __future__ import annotations
@@ -57,9 +60,21 @@ class FailedPreconditionError(ToolsError):
     pass
 
 
+class NotAllowedError(FailedPreconditionError):
+    """The order's rules refuse this write now (e.g. cancelling a shipped order); nothing changed."""
+
+
 class BackendTimeoutError(ToolsError):
     pass
 
 
 class BackendUnavailableError(ToolsError):
     pass
+
+
+class WriteRefusedError(ToolsError):
+    """The backend refused a write before acting (nothing changed); `message` says why."""
+
+
+class WriteOutcomeUnknownError(ToolsError):
+    """The write was sent but no answer came (timeout, dropped connection, server error): it may have happened."""

@@ -1,10 +1,13 @@
-"""Order lookup: id validation, caller ownership and the backend port. No gRPC here."""
+"""Orders: id validation, caller ownership and the backend ports (read, and the three writes). No gRPC here.
+
+The rules of which write is allowed when live in tools_service/order_rules.py.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tools_service.deadlines import budget, with_timeout
 from tools_service.errors import InvalidArgumentError, NotFoundError, UnauthenticatedError
@@ -21,6 +24,11 @@ class Order:
     tracking_number: str | None
     carrier: str | None
     eta: str | None  # YYYY-MM-DD
+    item_count: int = 0  # 0: unknown (an order written before orders carried their items)
+    total_cents: int = 0
+    currency: str = "USD"
+    delivered_on: str | None = None  # YYYY-MM-DD, for delivered orders
+    return_id: str | None = None  # the open return, once start_return ran
 
     def to_tool_content(self) -> dict[str, str | None]:
         """What the model sees on success (never the owner). Backend strings outside their expected shape are
@@ -51,6 +59,24 @@ class OrderBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class OrderWriter(Protocol):
+    """An order backend that can also change orders. Each write applies the order's rules itself (the backend is
+    the source of truth when it runs) and raises NotAllowedError (nothing changed), NotFoundError,
+    WriteRefusedError (a definite refusal, nothing changed) or WriteOutcomeUnknownError (it may have happened).
+    `action_id` makes the write idempotent on the backend's side. Each returns the tool result for the model."""
+
+    async def cancel_order(self, order_id: str, customer_id: str, action_id: str) -> dict[str, Any]: ...
+
+    async def start_return(
+        self, order_id: str, customer_id: str, reason: str, action_id: str
+    ) -> dict[str, Any]: ...
+
+    async def change_address(
+        self, order_id: str, customer_id: str, address: dict[str, str], action_id: str
+    ) -> dict[str, Any]: ...
 
 
 # The one message for both "missing" and "another customer's": byte-identical whatever the id, so neither the

@@ -8,16 +8,20 @@ from service_kit.grpc_server import new_server
 from service_kit.lifecycle import StartedServer, closing_on_error, start_serving
 from service_kit.service_main import run_service
 from support.v1 import tools_pb2, tools_pb2_grpc
+from tools_service.actions import ActionDesk
 from tools_service.adapters.http_orders import HttpOrderBackend
+from tools_service.adapters.sqlite_actions import SqliteActionStore
 from tools_service.adapters.sqlite_db import SqliteDatabase
 from tools_service.adapters.sqlite_orders import SqliteOrderBackend
 from tools_service.adapters.sqlite_tickets import SqliteTicketStore
 from tools_service.config import Config
+from tools_service.http_tool import HttpTools
 from tools_service.limits import CallLimiter, Limits, WindowLimiter
-from tools_service.orders import OrderBackend, OrderService
+from tools_service.orders import OrderBackend, OrderService, OrderWriter
 from tools_service.retention import start_retention
 from tools_service.servicer import PERMISSIONS, ToolsServicer
 from tools_service.tickets import TicketFeed, TicketService
+from tools_service.tool_catalog import load_tools
 from tools_service.tools import ToolRunner
 from tools_service.webhooks import Outbox, WebhookDeliverer
 
@@ -37,7 +41,7 @@ async def _configured_order_backend(config: Config, db: SqliteDatabase) -> Order
             timeout_seconds=config.order_api_timeout_seconds,
             retries=config.order_api_retries,
         )
-    sqlite_orders = SqliteOrderBackend(db)
+    sqlite_orders = SqliteOrderBackend(db, return_window_days=config.return_window_days)
     if config.seed_demo_data and (seeded := await sqlite_orders.seed_if_empty()):
         logger.info("seeded %d demo orders", seeded)
     return sqlite_orders
@@ -50,6 +54,7 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
     part-way, what was opened is closed again.
     """
     async with closing_on_error([]) as closers:
+        specs = load_tools(config.tools_file, order_id_pattern=config.order_id_pattern)
         db = SqliteDatabase(config.db_path)
         await db.open()
         closers.append(db.close)
@@ -83,7 +88,27 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
                 identical_calls=config.limit_identical_calls,
             )
         )
-        runner = ToolRunner(orders, tickets, limiter, config.order_id_pattern)
+        desk = ActionDesk(
+            SqliteActionStore(db),
+            ttl_seconds=config.action_ttl_seconds,
+            writes_per_hour=config.write_actions_per_customer_per_hour,
+        )
+        if interrupted := await desk.recover_interrupted():
+            logger.warning("%d write actions were interrupted by a stop: now unknown", interrupted)
+        closers.append(desk.close)
+        http_tools = HttpTools()
+        closers.append(http_tools.close)
+        runner = ToolRunner(
+            orders,
+            tickets,
+            limiter,
+            config.order_id_pattern,
+            specs=specs,
+            desk=desk,
+            order_writer=order_backend if isinstance(order_backend, OrderWriter) else None,
+            http_tools=http_tools,
+            return_window_days=config.return_window_days,
+        )
         server, health_servicer = new_server(
             [SERVICE_NAME], config.auth.for_service(PERMISSIONS), tls=config.tls, limits=config.grpc_limits
         )
@@ -95,6 +120,7 @@ async def start_server(config: Config, order_backend: OrderBackend | None = None
                 feed=TicketFeed(ticket_store),
                 # No webhook URLs: nothing to list, redeliver or publish.
                 outbox=outbox if config.webhooks.urls else None,
+                desk=desk,
             ),
             server,
         )  # type: ignore[no-untyped-call]

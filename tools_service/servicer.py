@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2
 
 from service_kit import auth
 from service_kit.codes import (
+    ACTION_STATE,
     ESCALATION_REASON,
     MESSAGE_AUTHOR,
     ORDER_STATUS,
@@ -23,6 +24,8 @@ from service_kit.codes import (
 )
 from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
+from tools_service.actions import ActionDesk
+from tools_service.adapters.sqlite_actions import StoredAction
 from tools_service.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
@@ -91,6 +94,26 @@ def ticket_to_proto(ticket: Ticket) -> tools_pb2.Ticket:
         update_time=_timestamp(ticket.update_time),
         estimated_wait=ticket.estimated_wait,
     )
+
+
+def action_to_proto(action: StoredAction) -> types_pb2.Action:
+    """A running action is still PENDING to callers (its outcome is not known yet)."""
+    proto = types_pb2.Action(
+        action_id=action.action_id,
+        conversation_id=action.conversation_id,
+        tool_name=action.tool_name,
+        arguments_json=json.dumps(action.arguments, ensure_ascii=False, separators=(",", ":")),
+        summary=action.summary,
+        state=ACTION_STATE.to_proto("pending" if action.state == "running" else action.state),
+        create_time=_timestamp(action.create_time),
+        expire_time=_timestamp(action.expire_time),
+        confirmation=action.confirmation,
+        result_json=action.result_json,
+        note=action.note,
+    )
+    if action.decide_time is not None and action.state != "running":
+        proto.decide_time.CopyFrom(_timestamp(action.decide_time))
+    return proto
 
 
 def tool_error_to_proto(failure: ToolFailure) -> tools_pb2.ToolError:
@@ -192,6 +215,11 @@ PERMISSIONS = auth.PermissionTable(
         "RedeliverWebhooks": auth.allow(auth.STAFF),
         # Conversation events of every customer, for the webhooks: only the agent (service) publishes them.
         "PublishConversationEvents": auth.allow(auth.SERVICE, service_needs_customer=False),
+        # Write actions: run or dropped for the customer they belong to (the agent, or the backend's button);
+        # staff read the audit trail only.
+        "RunAction": auth.allow(*_CUSTOMER_CALLERS),
+        "DropAction": auth.allow(*_CUSTOMER_CALLERS),
+        "ListActions": auth.allow(auth.STAFF, *_CUSTOMER_CALLERS),
     },
 )
 
@@ -238,8 +266,10 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
         *,
         feed: TicketFeed | None = None,
         outbox: Outbox | None = None,
+        desk: ActionDesk | None = None,
     ) -> None:
         self._runner = runner
+        self._desk = desk
         self._orders = orders
         self._tickets = tickets
         self._feed = feed
@@ -254,6 +284,7 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                     name=spec.name,
                     description=spec.description,
                     openai_tool_json=json.dumps(spec.openai_tool()),
+                    changes_state=spec.changes_state,
                 )
                 for spec in self._runner.specs.values()
             ]
@@ -270,12 +301,15 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
                 idempotency_key=request.idempotency_key,
                 customer_id=_customer(),
                 deadline_remaining=_deadline(context),
+                principal_role=_principal().role,
             )
             response = tools_pb2.ExecuteToolResponse(
                 tool_name=result.tool_name, content_json=result.content_json
             )
             if result.error is not None:
                 response.error.CopyFrom(tool_error_to_proto(result.error))
+            if result.action is not None:
+                response.pending_action.CopyFrom(action_to_proto(result.action))
             return response
 
     async def LookupOrderStatus(  # noqa: N802
@@ -445,3 +479,48 @@ class ToolsServicer(tools_pb2_grpc.ToolsServiceServicer):
             return tools_pb2.PublishConversationEventsResponse(
                 queued=queued, duplicates=duplicates, webhooks_configured=True
             )
+
+    def _actions(self) -> ActionDesk:
+        if self._desk is None:
+            raise FailedPreconditionError("this tools service keeps no write actions")
+        return self._desk
+
+    async def RunAction(  # noqa: N802
+        self, request: tools_pb2.RunActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> tools_pb2.RunActionResponse:
+        async with ERROR_GUARD(context):
+            principal = _principal()
+            action, ran_now = await self._actions().run(
+                action_id=request.action_id,
+                conversation_id=request.conversation_id,
+                customer_id=principal.customer_id,
+                principal_role=principal.role,
+                confirmation=request.confirmation,
+                deadline_remaining=_deadline(context),
+                execute=self._runner.run_write,
+            )
+            return tools_pb2.RunActionResponse(action=action_to_proto(action), ran_now=ran_now)
+
+    async def DropAction(  # noqa: N802
+        self, request: tools_pb2.DropActionRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> tools_pb2.DropActionResponse:
+        async with ERROR_GUARD(context):
+            principal = _principal()
+            action = await self._actions().drop(
+                action_id=request.action_id,
+                conversation_id=request.conversation_id,
+                customer_id=principal.customer_id,
+                principal_role=principal.role,
+                note=request.note,
+                confirmation=request.confirmation,
+            )
+            return tools_pb2.DropActionResponse(action=action_to_proto(action))
+
+    async def ListActions(  # noqa: N802
+        self, request: tools_pb2.ListActionsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> tools_pb2.ListActionsResponse:
+        async with ERROR_GUARD(context):
+            principal = _principal()
+            customer = None if principal.role == auth.STAFF else _caller().customer_id
+            actions = await self._actions().list(request.conversation_id, customer)
+            return tools_pb2.ListActionsResponse(actions=[action_to_proto(a) for a in actions])

@@ -1,45 +1,53 @@
-"""The model-facing tools: their OpenAI function-calling definitions and ExecuteTool's dispatch. No gRPC here.
+"""The model-facing tools: ExecuteTool's dispatch over the declared tools (tool_catalog.py). No gRPC here.
 
-Every tool-level failure (unknown tool, malformed or invalid arguments, missing identity, not found, limits,
-timeouts, backend failures) becomes a ToolFailure the model can read; only a bad request envelope (no tool name,
-no conversation id) raises InvalidArgumentError for the servicer to turn into a gRPC status.
+Read tools run at once (built-in order lookup and escalation, or an HTTP endpoint). Write tools are checked now
+(arguments, ownership, the order's rules) and only proposed: a PENDING action of the action desk (actions.py),
+run by `run_write` once the customer confirmed.
+
+Every tool-level failure (unknown tool, malformed or invalid arguments, missing identity, not found, not allowed,
+limits, timeouts, backend failures) becomes a ToolFailure the model can read; only a bad request envelope (no tool
+name, no conversation id) raises InvalidArgumentError for the servicer to turn into a gRPC status.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from tools_service import order_rules
+from tools_service.actions import ActionDesk, Outcome
+from tools_service.adapters.sqlite_actions import StoredAction
 from tools_service.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
     ConflictError,
     InvalidArgumentError,
+    NotAllowedError,
     NotFoundError,
     RateLimitedError,
     ToolsError,
     UnauthenticatedError,
+    WriteOutcomeUnknownError,
+    WriteRefusedError,
 )
+from tools_service.http_tool import HttpTools
 from tools_service.limits import CallLimiter, canonical_arguments
-from tools_service.orders import MAX_ORDER_ID_LENGTH, OrderService
+from tools_service.orders import Order, OrderService, OrderWriter
 from tools_service.text_checks import check_text
-from tools_service.tickets import (
-    MAX_REASON_LENGTH,
-    MAX_SUMMARY_LENGTH,
-    REASON_CODES,
-    TicketService,
-    validate_escalation,
-)
+from tools_service.tickets import MAX_SUMMARY_LENGTH, TicketService, validate_escalation
+from tools_service.tool_catalog import ToolSpec, load_tools, portable_pattern, portable_schema
+
+__all__ = ["ToolFailure", "ToolResult", "ToolRunner", "ToolSpec", "portable_pattern", "portable_schema"]
 
 logger = logging.getLogger(__name__)
 
-LOOKUP_ORDER_STATUS = "lookup_order_status"
-ESCALATE_TO_HUMAN = "escalate_to_human"
 MAX_TOOL_NAME_LENGTH = 64
 MAX_CONVERSATION_ID_LENGTH = 128
 MAX_ARGUMENTS_BYTES = 16 * 1024
@@ -51,30 +59,11 @@ _VALIDATOR_RANK = {
     )
 }
 
-LOOKUP_DESCRIPTION = (
-    "Look up the status, carrier, tracking number and estimated delivery date of ONE of the current "
-    "customer's orders. Use it whenever the customer asks where an order is, when it will arrive, whether it "
-    "has shipped, or for its tracking number, and gives an order id (format ORD-12345). If the customer did "
-    "not give an order id, ask for it instead of guessing. Never invent order details: report only what this "
-    "tool returns. A not_found error means the id is wrong or is not this customer's order; ask the customer "
-    "to check the id."
-)
-ESCALATE_DESCRIPTION = (
-    "Hand the conversation to a human support agent by opening a helpdesk ticket. Call it when ANY of these "
-    "is true: (1) the customer asks for a human, a person, a manager or a call; (2) the customer is angry, "
-    "upset or repeats a complaint; (3) the topic is a billing dispute, a refund exception, a charge they do "
-    "not recognise, account security (hacked account, fraud) or anything legal; (4) you cannot answer from "
-    "the knowledge base or the tools after trying; (5) a tool keeps failing. Do not keep the customer in a "
-    "loop instead of escalating. Use priority high for anger, security, fraud and legal matters, medium for "
-    "billing and explicit requests for a human, low otherwise. After calling it, tell the customer a human "
-    "will follow up and give the ticket id and estimated wait."
-)
-
 
 @dataclass(frozen=True)
 class ToolFailure:
-    code: str  # unknown_tool | invalid_arguments | not_found | rate_limited | timeout | backend_unavailable
-    #          | unauthenticated | conflict | internal
+    code: str  # unknown_tool | invalid_arguments | not_found | not_allowed | rate_limited | timeout
+    #          | backend_unavailable | unauthenticated | conflict | internal
     message: str
     retryable: bool
     retry_after_seconds: int = 0
@@ -91,150 +80,32 @@ class ToolResult:
     tool_name: str
     content: dict[str, Any]  # the tool message content given to the model
     error: ToolFailure | None = None
+    action: StoredAction | None = None  # a write tool's proposal
 
     @property
     def content_json(self) -> str:
         return json.dumps(self.content, ensure_ascii=False, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
-class ToolSpec:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-
-    def openai_tool(self) -> dict[str, Any]:
-        """The definition the model gets: the schema with portable patterns (see `portable_schema`); the
-        tools service itself validates against the strict `parameters`."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": portable_schema(self.parameters),
-            },
-        }
-
-
-_CLASS_SHORTHANDS = {"d": "0-9", "w": "A-Za-z0-9_"}
-
-
-def portable_pattern(pattern: str) -> str:
-    """A regular expression that grammar-based servers (llama.cpp's JSON-schema-to-grammar) can compile:
-    `\\d`/`\\w` spelt as character classes and the outer `^`/`$` anchors dropped (a JSON Schema pattern the
-    model must fill is matched whole by such servers anyway). ``^ORD-\\d{5}$`` → ``ORD-[0-9]{5}``."""
-    out: list[str] = []
-    in_class = False
-    index = 0
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\" and index + 1 < len(pattern):
-            escaped = pattern[index + 1]
-            shorthand = _CLASS_SHORTHANDS.get(escaped)
-            if shorthand is None:
-                out.append(char + escaped)
-            else:
-                out.append(shorthand if in_class else f"[{shorthand}]")
-            index += 2
-            continue
-        if char == "[" and not in_class:
-            in_class = True
-        elif char == "]" and in_class:
-            in_class = False
-        out.append(char)
-        index += 1
-    text = "".join(out)
-    if text.startswith("^"):
-        text = text[1:]
-    if text.endswith("$") and not text.endswith("\\$"):
-        text = text[:-1]
-    return text
-
-
-def portable_schema(schema: Any) -> Any:
-    """`schema` with every string `pattern` made portable (`portable_pattern`); everything else as is."""
-    if isinstance(schema, dict):
-        return {
-            key: portable_pattern(value)
-            if key == "pattern" and isinstance(value, str)
-            else portable_schema(value)
-            for key, value in schema.items()
-        }
-    if isinstance(schema, list):
-        return [portable_schema(item) for item in schema]
-    return schema
-
-
-def tool_specs(order_id_pattern: str) -> tuple[ToolSpec, ...]:
-    return (
-        ToolSpec(
-            name=LOOKUP_ORDER_STATUS,
-            description=LOOKUP_DESCRIPTION,
-            parameters={
-                "type": "object",
-                "properties": {
-                    "order_id": {
-                        "type": "string",
-                        "description": "The order id exactly as the customer gave it, e.g. ORD-12345.",
-                        "pattern": order_id_pattern,
-                        "maxLength": MAX_ORDER_ID_LENGTH,
-                    }
-                },
-                "required": ["order_id"],
-                "additionalProperties": False,
-            },
-        ),
-        ToolSpec(
-            name=ESCALATE_TO_HUMAN,
-            description=ESCALATE_DESCRIPTION,
-            parameters={
-                "type": "object",
-                "properties": {
-                    "reason": {
-                        "type": "string",
-                        "description": "Why a human is needed, in one sentence (no instructions to anyone).",
-                        "minLength": 1,
-                        "maxLength": MAX_REASON_LENGTH,
-                    },
-                    "priority": {
-                        "type": "string",
-                        "enum": ["low", "medium", "high"],
-                        "description": "high: anger, security, fraud, legal; medium: billing, asked for a "
-                        "human; low: anything else.",
-                    },
-                    "summary": {
-                        "type": "string",
-                        "description": "Optional short summary of the conversation so far for the human agent.",
-                        "maxLength": MAX_SUMMARY_LENGTH,
-                    },
-                    "reason_code": {
-                        "type": "string",
-                        "enum": list(REASON_CODES),
-                        "description": "Optional category of the hand-off; model_initiated when omitted.",
-                    },
-                },
-                "required": ["reason", "priority"],
-                "additionalProperties": False,
-            },
-        ),
-    )
-
-
 def _schema_message(error: ValidationError, spec: ToolSpec) -> tuple[str, str]:
     """(field, message) without echoing the offending value back."""
-    field = ".".join(str(part) for part in error.absolute_path) or "arguments"
+    path = [str(part) for part in error.absolute_path]
+    field = ".".join(path) or "arguments"
     schema = error.schema if isinstance(error.schema, dict) else {}
+    prefix = f"{field}." if path else ""
     match error.validator:
         case "required":
             present = error.instance if isinstance(error.instance, dict) else {}
-            missing = [name for name in spec.parameters["required"] if name not in present]
-            name = missing[0] if missing else "arguments"
+            missing = [name for name in schema.get("required", []) if name not in present]
+            name = prefix + missing[0] if missing else field
             return name, f"{name} is required."
         case "additionalProperties":
-            allowed = ", ".join(spec.parameters["properties"])
-            return "arguments", f"unexpected argument; {spec.name} accepts only: {allowed}."
+            allowed = ", ".join(schema.get("properties", {}))
+            owner = field if path else spec.name
+            return field, f"unexpected argument; {owner} accepts only: {allowed}."
         case "pattern":
-            return field, f"{field} must match {schema.get('pattern')} (for example ORD-12345)."
+            example = " (for example ORD-12345)" if path and path[-1] == "order_id" else ""
+            return field, f"{field} must match {schema.get('pattern')}{example}."
         case "maxLength":
             return field, f"{field} is longer than {schema.get('maxLength')} characters."
         case "minLength":
@@ -252,6 +123,8 @@ def failure_for(error: Exception) -> ToolFailure:
     match error:
         case InvalidArgumentError():
             return ToolFailure("invalid_arguments", error.message, retryable=False)
+        case NotAllowedError():
+            return ToolFailure("not_allowed", error.message, retryable=False)
         case UnauthenticatedError():
             return ToolFailure("unauthenticated", error.message, retryable=False)
         case NotFoundError():
@@ -269,15 +142,36 @@ def failure_for(error: Exception) -> ToolFailure:
             return ToolFailure("internal", "The tool failed unexpectedly.", retryable=False)
 
 
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
 class ToolRunner:
     def __init__(
-        self, orders: OrderService, tickets: TicketService, limiter: CallLimiter, order_id_pattern: str
+        self,
+        orders: OrderService,
+        tickets: TicketService,
+        limiter: CallLimiter,
+        order_id_pattern: str,
+        *,
+        specs: tuple[ToolSpec, ...] | None = None,
+        desk: ActionDesk | None = None,
+        order_writer: OrderWriter | None = None,
+        http_tools: HttpTools | None = None,
+        return_window_days: int = order_rules.RETURN_WINDOW_DAYS,
+        today: Callable[[], dt.date] = _utc_today,
     ) -> None:
         self._orders = orders
         self._tickets = tickets
         self._limiter = limiter
-        self.specs = {spec.name: spec for spec in tool_specs(order_id_pattern)}
+        declared = specs if specs is not None else load_tools(order_id_pattern=order_id_pattern)
+        self.specs = {spec.name: spec for spec in declared}
         self._validators = {name: Draft202012Validator(spec.parameters) for name, spec in self.specs.items()}
+        self._desk = desk
+        self._writer = order_writer
+        self._http = http_tools or HttpTools()
+        self._return_window_days = return_window_days
+        self._today = today
 
     def _parse(self, spec: ToolSpec, arguments_json: str) -> dict[str, Any]:
         if len(arguments_json.encode("utf-8")) > MAX_ARGUMENTS_BYTES:
@@ -318,8 +212,10 @@ class ToolRunner:
         idempotency_key: str,
         customer_id: str,
         deadline_remaining: float | None,
+        principal_role: str = "service",
     ) -> ToolResult:
-        """Runs one model tool call. Raises InvalidArgumentError only for a bad envelope."""
+        """Runs one model tool call (a write tool: proposes it). Raises InvalidArgumentError only for a bad
+        envelope."""
         check_text("tool_name", tool_name, MAX_TOOL_NAME_LENGTH, required=True, multiline=False)
         check_text(
             "conversation_id", conversation_id, MAX_CONVERSATION_ID_LENGTH, required=True, multiline=False
@@ -334,8 +230,15 @@ class ToolRunner:
             # Counted once valid, per (customer, conversation): junk or another customer's calls never use up
             # this conversation's budget.
             self._limiter.acquire(conversation_id, customer_id, spec.name, canonical_arguments(arguments))
-            content = await self._dispatch(
-                spec.name, arguments, conversation_id, idempotency_key, customer_id, deadline_remaining
+            if spec.changes_state:
+                action = await self._propose(
+                    spec, arguments, conversation_id, idempotency_key, customer_id, principal_role,
+                    deadline_remaining,
+                )  # fmt: skip
+                assert self._desk is not None
+                return ToolResult(tool_name, self._desk.pending_content(action), action=action)
+            content = await self._read(
+                spec, arguments, conversation_id, idempotency_key, customer_id, deadline_remaining
             )
             return ToolResult(tool_name, content)
         except ToolsError as error:
@@ -347,16 +250,30 @@ class ToolRunner:
             failure = failure_for(RuntimeError())
             return ToolResult(tool_name, failure.to_json_obj(), failure)
 
-    async def _dispatch(
+    def _bound(self, spec: ToolSpec, conversation_id: str, customer_id: str) -> dict[str, str]:
+        bound: dict[str, str] = {}
+        for name, source in spec.bind.items():
+            if source == "principal":
+                if not customer_id:
+                    raise UnauthenticatedError("The customer is not identified, so this tool cannot be used.")
+                bound[name] = customer_id
+            else:
+                bound[name] = conversation_id
+        return bound
+
+    async def _read(
         self,
-        tool_name: str,
+        spec: ToolSpec,
         arguments: dict[str, Any],
         conversation_id: str,
         idempotency_key: str,
         customer_id: str,
         deadline_remaining: float | None,
     ) -> dict[str, Any]:
-        if tool_name == LOOKUP_ORDER_STATUS:
+        if spec.http is not None:
+            bound = self._bound(spec, conversation_id, customer_id)
+            return await self._http.read(spec, arguments, bound)
+        if spec.builtin == "orders.lookup":
             order = await self._orders.lookup(customer_id, arguments["order_id"], deadline_remaining)
             return dict(order.to_tool_content())
         escalation = validate_escalation(
@@ -371,8 +288,106 @@ class ToolRunner:
         ticket, _created = await self._tickets.escalate(escalation, deadline_remaining)
         return dict(ticket.to_tool_content())
 
+    def _order_check(self, spec: ToolSpec, order: Order, arguments: dict[str, Any]) -> str:
+        """Applies the order's rule for this write now (NotAllowedError / InvalidArgumentError); its summary."""
+        match spec.builtin:
+            case "orders.cancel":
+                order_rules.check_cancel(order)
+                return order_rules.cancel_summary(order)
+            case "orders.start_return":
+                order_rules.validate_reason(arguments)
+                order_rules.check_return(order, self._today(), self._return_window_days)
+                return order_rules.return_summary(order)
+            case _:
+                address = order_rules.validate_address(arguments.get("address"))
+                order_rules.check_address_change(order)
+                return order_rules.address_summary(order, address)
+
+    async def _propose(
+        self,
+        spec: ToolSpec,
+        arguments: dict[str, Any],
+        conversation_id: str,
+        idempotency_key: str,
+        customer_id: str,
+        principal_role: str,
+        deadline_remaining: float | None,
+    ) -> StoredAction:
+        if not customer_id:
+            raise UnauthenticatedError("The customer is not identified, so nothing can be changed.")
+        if self._desk is None:
+            raise BackendUnavailableError("Changes cannot be made right now.")
+        if spec.builtin is not None:
+            if spec.builtin == "orders.change_address":
+                order_rules.validate_address(arguments.get("address"))  # the field error before any lookup
+            order = await self._orders.lookup(customer_id, arguments["order_id"], deadline_remaining)
+            summary = self._order_check(spec, order, arguments)
+        else:
+            assert spec.summary is not None
+            summary = spec.summary.format_map({name: str(value) for name, value in arguments.items()})
+        return await self._desk.propose(
+            customer_id=customer_id,
+            principal_role=principal_role,
+            conversation_id=conversation_id,
+            tool_name=spec.name,
+            arguments=arguments,
+            summary=summary,
+            idempotency_key=idempotency_key,
+        )
+
+    async def run_write(self, action: StoredAction, deadline_remaining: float | None) -> Outcome:
+        """Runs a confirmed action's write once: the rule is checked again, then the backend acts (it has the
+        last word). Never raises for an outcome: refused → not_executed, unanswered → unknown."""
+        spec = self.specs.get(action.tool_name)
+        if spec is None or not spec.changes_state:
+            return Outcome("not_executed", note="This change is no longer offered; nothing changed.")
+        try:
+            if spec.http is not None:
+                bound = self._bound(spec, action.conversation_id, action.customer_id)
+                result = await self._http.write(spec, action.arguments, bound, action.action_id)
+            else:
+                result = await self._run_order_write(spec, action, deadline_remaining)
+        except (NotAllowedError, NotFoundError, WriteRefusedError, InvalidArgumentError) as error:
+            return Outcome("not_executed", note=error.message)
+        except (BackendTimeoutError, BackendUnavailableError):
+            # Raised by the pre-check read, before anything was sent.
+            return Outcome(
+                "not_executed", note="The order system did not answer; nothing changed. Try again."
+            )
+        except WriteOutcomeUnknownError as error:
+            return Outcome("unknown", note=error.message)
+        return Outcome("executed", result=result)
+
+    async def _run_order_write(
+        self, spec: ToolSpec, action: StoredAction, deadline_remaining: float | None
+    ) -> dict[str, Any]:
+        if self._writer is None:
+            raise WriteRefusedError("The order system cannot change orders; nothing changed.")
+        arguments, customer_id, action_id = action.arguments, action.customer_id, action.action_id
+        order_id = arguments["order_id"]
+        order = await self._orders.lookup(customer_id, order_id, deadline_remaining)
+        self._order_check(spec, order, arguments)
+        match spec.builtin:
+            case "orders.cancel":
+                expected = order_rules.cancel_result(order)
+                done = await self._writer.cancel_order(order_id, customer_id, action_id)
+            case "orders.start_return":
+                expected = order_rules.return_result(order_id, "")
+                reason = order_rules.validate_reason(arguments)
+                done = await self._writer.start_return(order_id, customer_id, reason, action_id)
+            case _:
+                address = order_rules.validate_address(arguments["address"])
+                expected = order_rules.address_result(order_id, address)
+                done = await self._writer.change_address(
+                    order_id, customer_id, address.to_json_obj(), action_id
+                )
+        return {**expected, **done}
+
     def lookup_limit(self, conversation_id: str, customer_id: str, order_id: str) -> None:
         """Counts a typed LookupOrderStatus call against the same limits as the tool."""
         self._limiter.acquire(
-            conversation_id, customer_id, LOOKUP_ORDER_STATUS, canonical_arguments({"order_id": order_id})
+            conversation_id, customer_id, "lookup_order_status", canonical_arguments({"order_id": order_id})
         )
+
+    async def close(self) -> None:
+        await self._http.close()

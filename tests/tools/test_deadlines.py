@@ -93,4 +93,4 @@ async def test_server_stays_healthy_after_timeouts(start_tools, hung_backend):
     )
     assert all(json.loads(r.content_json)["error"]["code"] == "timeout" for r in results)
     listed = await tools.stub.ListTools(tools_pb2.ListToolsRequest(), timeout=2)
-    assert len(listed.tools) == 2
+    assert len(listed.tools) == 5

@@ -12,7 +12,18 @@ from support.v1 import tools_pb2
 async def test_tools_are_openai_function_tools_with_strict_schemas(tools):
     response = await tools.stub.ListTools(tools_pb2.ListToolsRequest(), timeout=5)
     by_name = {t.name: t for t in response.tools}
-    assert set(by_name) == {"lookup_order_status", "escalate_to_human"}
+    assert set(by_name) == {
+        "lookup_order_status",
+        "escalate_to_human",
+        "cancel_order",
+        "start_return",
+        "change_delivery_address",
+    }
+    assert {name for name, d in by_name.items() if d.changes_state} == {
+        "cancel_order",
+        "start_return",
+        "change_delivery_address",
+    }
     for name, definition in by_name.items():
         tool = json.loads(definition.openai_tool_json)
         assert tool["type"] == "function"

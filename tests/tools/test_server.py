@@ -107,7 +107,7 @@ def test_process_serves_and_stops_cleanly_on_sigterm(tmp_path, unused_port):
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=15)
         assert process.returncode == 0
-        assert b'"severity": "INFO"' in out and b"seeded 7 demo orders" in out
+        assert b'"severity": "INFO"' in out and b"seeded 8 demo orders" in out
         assert (tmp_path / "tools.sqlite3").exists()
     finally:
         if process.poll() is None:

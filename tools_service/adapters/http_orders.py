@@ -1,11 +1,19 @@
 """The company's order API over HTTP (aiohttp).
 
 Contract expected from the API: `GET {base_url}/orders/{order_id}` →
-200 `{"order_id", "customer_id", "status", "tracking_number"?, "carrier"?, "eta"?}` | 404 when unknown.
-Only connect errors (refused, reset, dropped before an answer) and 5xx are retried (`retries` times, small
+200 `{"order_id", "customer_id", "status", "tracking_number"?, "carrier"?, "eta"?, "item_count"?, "total_cents"?,
+"currency"?, "delivered_on"?, "return_id"?}` | 404 when unknown.
+Reads: only connect errors (refused, reset, dropped before an answer) and 5xx are retried (`retries` times, small
 exponential backoff): a GET is idempotent, but a slow API is not hammered — a per-attempt timeout is a
 BackendTimeoutError at once. Any other status, or a body that is not that JSON object, is BackendUnavailableError. The
 caller's overall time budget still applies on top (the order service cancels the whole call).
+
+Writes (run only after the customer confirmed; see tools_service/actions.py): `POST {base_url}/orders/{id}/cancel`
+`{"customer_id"}`, `POST .../returns` `{"customer_id", "reason"}`, `POST .../address` `{"customer_id", "address"}`,
+each with `Idempotency-Key: <action_id>`. A write is NEVER retried: 2xx → done (its JSON object's known fields
+reach the result); 409/422 `{"error": "..."}` → NotAllowedError with that message (the API is the source of truth);
+404 → not found; a connection that could not be opened or another 4xx → WriteRefusedError (nothing changed); a
+timeout, a connection dropped after sending or a 5xx → WriteOutcomeUnknownError (it may have happened).
 """
 
 from __future__ import annotations
@@ -13,13 +21,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from tools_service.errors import BackendTimeoutError, BackendUnavailableError
-from tools_service.orders import ORDER_STATUSES, Order
+from tools_service.errors import (
+    BackendTimeoutError,
+    BackendUnavailableError,
+    NotAllowedError,
+    NotFoundError,
+    WriteOutcomeUnknownError,
+    WriteRefusedError,
+)
+from tools_service.orders import NOT_FOUND_MESSAGE, ORDER_STATUSES, Order
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +64,26 @@ def _optional_str(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def _optional_int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(key)
+    return value
+
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_RESULT_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
+_RETURN_ID = re.compile(r"[A-Za-z0-9-]{1,40}")
+# The fields of a write's answer that may reach the model, each with its shape.
+_RESULT_FIELDS = {
+    "cancel": {"status": _RESULT_TEXT, "refund": _RESULT_TEXT},
+    "returns": {"return_id": _RETURN_ID, "instructions": _RESULT_TEXT},
+    "address": {"address": _RESULT_TEXT},
+}
+
+
 def parse_order(body: object, order_id: str) -> Order:
     if not isinstance(body, dict):
         raise ValueError("body")
@@ -64,7 +100,31 @@ def parse_order(body: object, order_id: str) -> Order:
         tracking_number=_optional_str(body, "tracking_number"),
         carrier=_optional_str(body, "carrier"),
         eta=_optional_str(body, "eta"),
+        item_count=_optional_int(body, "item_count"),
+        total_cents=_optional_int(body, "total_cents"),
+        currency=_currency(body),
+        delivered_on=_optional_str(body, "delivered_on"),
+        return_id=_optional_str(body, "return_id"),
     )
+
+
+def _currency(body: dict[str, Any]) -> str:
+    value = _optional_str(body, "currency") or "USD"
+    if not _CURRENCY.fullmatch(value):
+        raise ValueError("currency")
+    return value
+
+
+def _refusal_message(raw: bytes) -> str:
+    """The API's {"error": "..."} when it is plain text a person can read, else a generic sentence."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    message = body.get("error") if isinstance(body, dict) else None
+    if isinstance(message, str) and _RESULT_TEXT.fullmatch(message):
+        return message
+    return "The order system refused the change; nothing changed."
 
 
 class HttpOrderBackend:
@@ -125,6 +185,63 @@ class HttpOrderBackend:
                     break
                 await asyncio.sleep(self._backoff * (2**attempt))
         raise BackendUnavailableError("The order system is unavailable right now.")
+
+    async def _write(self, order_id: str, what: str, body: dict[str, Any], action_id: str) -> dict[str, Any]:
+        url = f"{self._base_url}/orders/{quote(order_id, safe='')}/{what}"
+        reconcile = f"check order {order_id} in the order system before retrying"
+        try:
+            async with self._client().post(
+                url, json=body, headers={"Idempotency-Key": action_id}, allow_redirects=False
+            ) as response:
+                raw = await response.content.read(MAX_BODY_BYTES + 1)
+                status = response.status
+        except TimeoutError:
+            raise WriteOutcomeUnknownError(f"The order system did not answer in time; {reconcile}.") from None
+        except aiohttp.ClientConnectorError:
+            raise WriteRefusedError("The order system could not be reached; nothing changed.") from None
+        except aiohttp.ClientError as error:
+            logger.warning("order API write dropped: %s", type(error).__name__)
+            raise WriteOutcomeUnknownError(
+                f"The connection to the order system dropped during the change; {reconcile}."
+            ) from None
+        if status in (409, 422):
+            raise NotAllowedError(_refusal_message(raw))
+        if status == 404:
+            raise NotFoundError(NOT_FOUND_MESSAGE)
+        if status >= 500:
+            logger.warning("order API write answered HTTP %d", status)
+            raise WriteOutcomeUnknownError(f"The order system failed while handling the change; {reconcile}.")
+        if not 200 <= status < 300:
+            logger.warning("order API write answered HTTP %d", status)
+            raise WriteRefusedError(f"The order system refused the request (HTTP {status}); nothing changed.")
+        try:
+            answer = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            answer = {}
+        fields = _RESULT_FIELDS[what]
+        if not isinstance(answer, dict):
+            return {}
+        return {
+            key: value
+            for key, value in answer.items()
+            if key in fields and isinstance(value, str) and fields[key].fullmatch(value)
+        }
+
+    async def cancel_order(self, order_id: str, customer_id: str, action_id: str) -> dict[str, Any]:
+        return await self._write(order_id, "cancel", {"customer_id": customer_id}, action_id)
+
+    async def start_return(
+        self, order_id: str, customer_id: str, reason: str, action_id: str
+    ) -> dict[str, Any]:
+        return await self._write(
+            order_id, "returns", {"customer_id": customer_id, "reason": reason}, action_id
+        )
+
+    async def change_address(
+        self, order_id: str, customer_id: str, address: dict[str, str], action_id: str
+    ) -> dict[str, Any]:
+        body = {"customer_id": customer_id, "address": address}
+        return await self._write(order_id, "address", body, action_id)
 
     async def close(self) -> None:
         if self._session is not None:

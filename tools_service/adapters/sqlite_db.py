@@ -18,9 +18,39 @@ CREATE TABLE IF NOT EXISTS orders (
     status          TEXT NOT NULL,
     tracking_number TEXT,
     carrier         TEXT,
-    eta             TEXT
+    eta             TEXT,
+    item_count      INTEGER NOT NULL DEFAULT 0,
+    total_cents     INTEGER NOT NULL DEFAULT 0,
+    currency        TEXT NOT NULL DEFAULT 'USD',
+    delivered_on    TEXT,
+    return_id       TEXT,
+    address         TEXT  -- JSON object once change_delivery_address ran
 );
 CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id);
+
+-- Write actions (tools_service/actions.py): proposed, then run once confirmed. Also the audit trail.
+CREATE TABLE IF NOT EXISTS actions (
+    action_id       TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    customer_id     TEXT NOT NULL,
+    principal_role  TEXT NOT NULL,  -- who proposed it: service (the agent) or backend
+    tool_name       TEXT NOT NULL,
+    arguments_json  TEXT NOT NULL,  -- validated arguments, never the bound parameters
+    summary         TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN
+                        ('pending', 'running', 'executed', 'declined', 'expired', 'not_executed', 'unknown')),
+    idempotency_key TEXT,           -- NULL when none was given (NULLs never collide)
+    create_time     REAL NOT NULL,
+    expire_time     REAL NOT NULL,
+    decide_time     REAL,
+    confirmation    TEXT NOT NULL DEFAULT '',
+    decided_by      TEXT NOT NULL DEFAULT '',  -- principal role that ran or dropped it
+    result_json     TEXT NOT NULL DEFAULT '',
+    note            TEXT NOT NULL DEFAULT '',
+    UNIQUE (customer_id, conversation_id, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS actions_by_conversation ON actions (conversation_id, create_time);
+CREATE INDEX IF NOT EXISTS actions_by_customer ON actions (customer_id, create_time);
 
 CREATE TABLE IF NOT EXISTS tickets (
     ticket_id       TEXT PRIMARY KEY,
@@ -65,6 +95,26 @@ _TICKET_COLUMNS = (
 )
 
 
+# Order columns added after the first release: a data dir written before gets them (with their defaults).
+_ADDED_ORDER_COLUMNS = {
+    "item_count": "INTEGER NOT NULL DEFAULT 0",
+    "total_cents": "INTEGER NOT NULL DEFAULT 0",
+    "currency": "TEXT NOT NULL DEFAULT 'USD'",
+    "delivered_on": "TEXT",
+    "return_id": "TEXT",
+    "address": "TEXT",
+}
+
+
+def _migrate_order_columns(conn: sqlite3.Connection) -> None:
+    existing = {row[1] for row in conn.execute("PRAGMA table_info(orders)")}
+    if not existing:
+        return  # a new database: SCHEMA creates the table whole
+    for name, declaration in _ADDED_ORDER_COLUMNS.items():
+        if name not in existing:
+            conn.execute(f"ALTER TABLE orders ADD COLUMN {name} {declaration}")
+
+
 def _migrate_tickets_to_customer_keys(conn: sqlite3.Connection) -> None:
     """A database written before tickets were keyed by customer (UNIQUE (conversation_id, idempotency_key)) is
     rebuilt with the (customer_id, conversation_id, ...) keys, keeping every ticket and message: new table, copy,
@@ -104,6 +154,7 @@ class SqliteDatabase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         _migrate_tickets_to_customer_keys(conn)
+        _migrate_order_columns(conn)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
         self._conn = conn
