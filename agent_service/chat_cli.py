@@ -3,7 +3,9 @@
 The reply is printed as it streams; sources, tool calls, escalations and guardrail flags are printed as they
 happen, on their own dimmed lines. Meanwhile the conversation is watched (WatchConversation): when a human
 agent joins, replies or hands the conversation back, it is printed as it happens, even while you are waiting
-at the prompt. Ctrl-D or /quit ends the session.
+at the prompt. When a reply proposes a write action (cancel an order, start a return, change an address), its
+summary is shown and "y" / "n" confirm or decline it with the buttons' RPCs (ConfirmAction / DeclineAction);
+typing "yes" or "no" confirms or declines it by message instead. Ctrl-D or /quit ends the session.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from typing import TextIO
 import grpc
 
 from service_kit import auth
-from service_kit.codes import CONVERSATION_STATE, PRIORITY
+from service_kit.codes import ACTION_STATE, CONVERSATION_STATE, PRIORITY
 from service_kit.env import ConfigError
 from service_kit.metadata import CUSTOMER_ID_KEY
-from support.v1 import agent_pb2, agent_pb2_grpc
+from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 TURN_TIMEOUT_SECONDS = 120.0
@@ -55,6 +57,8 @@ def render_event(event: agent_pb2.StreamChatResponse, out: TextIO) -> None:
         out.write(_dim(f"  [escalated] ticket {escalation.ticket_id}, priority {priority}\n", out))
     elif kind == "guardrail":
         out.write(_dim(f"  [guardrail] {event.guardrail.rule}: {event.guardrail.detail}\n", out))
+    elif kind == "action":
+        out.write(_dim(f"  [action] {action_line(event.action)}\n", out))
     elif kind == "final":
         final = event.final
         if final.replayed:
@@ -68,19 +72,65 @@ def render_event(event: agent_pb2.StreamChatResponse, out: TextIO) -> None:
     out.flush()
 
 
+def action_line(action: types_pb2.Action) -> str:
+    state = ACTION_STATE.from_proto(action.state, "unspecified")
+    note = f" ({action.note})" if action.note else ""
+    return f"{state}: {action.summary}{note}"
+
+
+def pending_action(response: agent_pb2.ChatResponse | None) -> types_pb2.Action | None:
+    """The action a reply left waiting for the customer's answer, if any."""
+    if response is None or not response.HasField("action"):
+        return None
+    return response.action if response.action.state == types_pb2.ACTION_STATE_PENDING else None
+
+
 async def chat_once(
     stub: agent_pb2_grpc.AgentServiceStub,
     conversation_id: str,
     message: str,
     customer_id: str,
     out: TextIO,
-) -> None:
+) -> agent_pb2.ChatResponse | None:
+    """Streams one turn to `out`; returns its final response."""
     metadata = ((CUSTOMER_ID_KEY, customer_id),) if customer_id else ()
     request = agent_pb2.StreamChatRequest(
         conversation_id=conversation_id, message=message, turn_id=uuid.uuid4().hex
     )
+    final = None
     async for event in stub.StreamChat(request, metadata=metadata, timeout=TURN_TIMEOUT_SECONDS):
         render_event(event, out)
+        if event.HasField("final"):
+            final = event.final
+    return final
+
+
+async def press_button(
+    stub: agent_pb2_grpc.AgentServiceStub,
+    conversation_id: str,
+    action: types_pb2.Action,
+    confirm: bool,
+    customer_id: str,
+    out: TextIO,
+) -> agent_pb2.ChatResponse:
+    """ConfirmAction / DeclineAction for `action`, printed like a turn; returns its response."""
+    metadata = ((CUSTOMER_ID_KEY, customer_id),) if customer_id else ()
+    ids = {"conversation_id": conversation_id, "action_id": action.action_id, "turn_id": uuid.uuid4().hex}
+    response: agent_pb2.ChatResponse
+    if confirm:
+        confirmed = await stub.ConfirmAction(
+            agent_pb2.ConfirmActionRequest(**ids), metadata=metadata, timeout=TURN_TIMEOUT_SECONDS
+        )
+        response = confirmed.response
+    else:
+        declined = await stub.DeclineAction(
+            agent_pb2.DeclineActionRequest(**ids), metadata=metadata, timeout=TURN_TIMEOUT_SECONDS
+        )
+        response = declined.response
+    out.write(_dim(f"  [action] {action_line(response.action)}\n", out))
+    out.write(f"{response.reply}\n")
+    out.flush()
+    return response
 
 
 # Events of the conversation the customer did not cause with their own turn (those StreamChat prints).
@@ -155,7 +205,10 @@ async def run(
 async def _session(
     stub: agent_pb2_grpc.AgentServiceStub, conversation_id: str, customer_id: str, out: TextIO
 ) -> int:
+    pending: types_pb2.Action | None = None
     while True:
+        if pending is not None:
+            out.write(_dim(f"  {pending.summary}: y = confirm, n = decline (or just type)\n", out))
         try:
             line = await asyncio.to_thread(input, "you> ")
         except EOFError:
@@ -168,9 +221,17 @@ async def _session(
             return 0
         out.write("bot> ")
         out.flush()
+        response: agent_pb2.ChatResponse | None
         try:
-            await chat_once(stub, conversation_id, message, customer_id, out)
+            if pending is not None and message.lower() in {"y", "n"}:
+                response = await press_button(
+                    stub, conversation_id, pending, message.lower() == "y", customer_id, out
+                )
+            else:
+                response = await chat_once(stub, conversation_id, message, customer_id, out)
+            pending = pending_action(response)
         except grpc.aio.AioRpcError as error:
+            pending = None
             out.write(f"\n[error] {error.code().name}: {error.details()}\n")
             if error.code() == grpc.StatusCode.UNAVAILABLE:
                 return 1

@@ -1,7 +1,7 @@
 """The conversation's event log: what WatchConversation delivers, in order, each event with its offset.
 
-Every event of a conversation — customer message, bot reply (sources, tool calls, flags), escalation, state
-change, ticket claimed, human reply, ticket resolved, hand-back — is one row of the log in the conversation
+Every event of a conversation — customer message, write action (proposed, run or dropped), bot reply (sources,
+tool calls, flags), escalation, state change, ticket claimed, human reply, ticket resolved, hand-back — is one row of the log in the conversation
 store, with offsets 1, 2, 3, … per conversation. No gRPC here.
 
 * A turn's events are written by the store in the same transaction as the turn (`events_of_turn`), so the
@@ -50,6 +50,7 @@ TICKET_CLAIMED = "ticket_claimed"
 HUMAN_REPLY = "human_reply"
 TICKET_RESOLVED = "ticket_resolved"
 HAND_BACK = "hand_back"
+ACTION = "action"
 KINDS = (
     CUSTOMER_MESSAGE,
     BOT_REPLY,
@@ -59,6 +60,7 @@ KINDS = (
     HUMAN_REPLY,
     TICKET_RESOLVED,
     HAND_BACK,
+    ACTION,
 )
 
 DEFAULT_HEARTBEAT_SECONDS = 15.0
@@ -151,7 +153,12 @@ class EventLog(Protocol):
 
     async def changed_since(self, cursor: str) -> tuple[str, set[str]]:
         """The global change feed: (new cursor, conversations with events written after `cursor`). The cursor
-        "" means "now": returns the current position and no conversations."""
+        "" means "now": returns the current position and no conversations; `feed_start` the beginning."""
+        ...
+
+    @property
+    def feed_start(self) -> str:
+        """The change feed's first position: `changed_since(feed_start)` reads it from the beginning."""
         ...
 
     async def get_cursor(self, name: str) -> int: ...
@@ -176,6 +183,8 @@ def events_of_turn(turn: TurnResult) -> list[NewEvent]:
         events.append(
             NewEvent(CUSTOMER_MESSAGE, {"turn_id": turn.turn_id, "text": turn.user_message}, "", when)
         )
+    if turn.action is not None:
+        events.append(NewEvent(ACTION, asdict(turn.action), "", when))
     if turn.escalation is not None:
         events.append(NewEvent(ESCALATION, asdict(turn.escalation), "", when))
     events.append(

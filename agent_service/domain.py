@@ -81,6 +81,31 @@ class UsageInfo:
 
 
 @dataclass(frozen=True)
+class ActionInfo:
+    """A write action (support.v1.Action): proposed by a turn, run only once the customer confirms it.
+    `state` is one of service_kit.codes.ACTION_STATE's codes; times are epoch seconds (0: not set)."""
+
+    action_id: str
+    conversation_id: str
+    tool_name: str
+    arguments_json: str = "{}"
+    # What will happen, for the customer: "Cancel order ORD-67890 (2 items, $84.00)".
+    summary: str = ""
+    state: str = "pending"  # pending | executed | declined | expired | not_executed | unknown
+    create_time: float = 0.0
+    expire_time: float = 0.0
+    decide_time: float = 0.0
+    # "message:<turn_id>" or "button": what confirmed (or dropped) it.
+    confirmation: str = ""
+    result_json: str = ""
+    note: str = ""
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == "pending"
+
+
+@dataclass(frozen=True)
 class TurnResult:
     """One turn as returned to the caller and as persisted. A hand-back note is a turn with `system_note`."""
 
@@ -100,6 +125,8 @@ class TurnResult:
     ticket_id: str = ""
     system_note: str = ""
     create_time: float = 0.0
+    # The write action this turn proposed, ran or dropped.
+    action: ActionInfo | None = None
 
     @property
     def is_customer_turn(self) -> bool:
@@ -115,6 +142,7 @@ class TurnResult:
     def from_json(cls, text: str) -> TurnResult:
         data: dict[str, Any] = json.loads(text)
         escalation = data.get("escalation")
+        action = data.get("action")
         return cls(
             conversation_id=data["conversation_id"],
             turn_id=data["turn_id"],
@@ -132,6 +160,7 @@ class TurnResult:
             ticket_id=data.get("ticket_id", ""),
             system_note=data.get("system_note", ""),
             create_time=float(data.get("create_time", 0.0)),
+            action=ActionInfo(**action) if action else None,
         )
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from agent_service import conversation_events as ce
+from agent_service import texts
+from agent_service.action_flow import ActionNotFoundError, ActionNotPendingError
 from agent_service.conversation_events import (
     ConversationEvent,
     ConversationWatcher,
@@ -19,7 +23,7 @@ from agent_service.conversation_events import (
     OffsetOutOfRangeError,
     SlowConsumerError,
 )
-from agent_service.domain import EscalationInfo, Flag, Source, ToolCallRecord, TurnResult
+from agent_service.domain import ActionInfo, EscalationInfo, Flag, Source, ToolCallRecord, TurnResult
 from agent_service.errors import (
     ConversationBusyError,
     ConversationNotFoundError,
@@ -32,6 +36,8 @@ from agent_service.errors import (
 )
 from agent_service.turn import TurnRunner
 from agent_service.turn_contract import (
+    ActionDecision,
+    ActionEvent,
     EscalationEvent,
     FinalEvent,
     GuardrailEvent,
@@ -44,7 +50,7 @@ from agent_service.turn_contract import (
     validate_id,
 )
 from service_kit import auth, observability
-from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, GUARDRAIL_STAGE, PRIORITY
+from service_kit.codes import ACTION_STATE, CONVERSATION_STATE, ESCALATION_REASON, GUARDRAIL_STAGE, PRIORITY
 from service_kit.error_guard import ErrorGuard, StatusRule, bad_request
 from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
@@ -53,7 +59,8 @@ logger = logging.getLogger(__name__)
 AGENT_NAME = "support-agent"
 
 # Who may call what (enforced by service_kit.auth's interceptor before any handler runs): a backend acts for the
-# customer it names in x-customer-id; staff may read any conversation.
+# customer it names in x-customer-id; staff may read any conversation. Only the customer's side (a backend or
+# a service, naming the customer) confirms or declines a write action.
 PERMISSIONS = auth.PermissionTable(
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     {
@@ -61,6 +68,8 @@ PERMISSIONS = auth.PermissionTable(
         "StreamChat": auth.allow(auth.BACKEND),
         "GetConversation": auth.allow(auth.BACKEND, auth.STAFF),
         "WatchConversation": auth.allow(auth.BACKEND, auth.STAFF),
+        "ConfirmAction": auth.allow(auth.BACKEND, auth.SERVICE),
+        "DeclineAction": auth.allow(auth.BACKEND, auth.SERVICE),
     },
 )
 
@@ -77,6 +86,8 @@ ERROR_GUARD = ErrorGuard(
         StatusRule(ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
         StatusRule(OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
         StatusRule(ConversationNotFoundError, grpc.StatusCode.NOT_FOUND),
+        StatusRule(ActionNotFoundError, grpc.StatusCode.NOT_FOUND),
+        StatusRule(ActionNotPendingError, grpc.StatusCode.FAILED_PRECONDITION),
         StatusRule(NotYourConversationError, grpc.StatusCode.PERMISSION_DENIED),
         StatusRule(
             OffsetOutOfRangeError,
@@ -135,6 +146,28 @@ def flag_pb(flag: Flag) -> agent_pb2.GuardrailFlag:
     )
 
 
+def action_pb(action: ActionInfo) -> types_pb2.Action:
+    message = types_pb2.Action(
+        action_id=action.action_id,
+        conversation_id=action.conversation_id,
+        tool_name=action.tool_name,
+        arguments_json=action.arguments_json,
+        summary=action.summary,
+        state=ACTION_STATE.to_proto(action.state),
+        confirmation=action.confirmation,
+        result_json=action.result_json,
+        note=action.note,
+    )
+    for field, seconds in (
+        ("create_time", action.create_time),
+        ("expire_time", action.expire_time),
+        ("decide_time", action.decide_time),
+    ):
+        if seconds:
+            getattr(message, field).CopyFrom(_timestamp(seconds))
+    return message
+
+
 def chat_response_pb(result: TurnResult) -> agent_pb2.ChatResponse:
     response = agent_pb2.ChatResponse(
         conversation_id=result.conversation_id,
@@ -159,6 +192,8 @@ def chat_response_pb(result: TurnResult) -> agent_pb2.ChatResponse:
     )
     if result.escalation is not None:
         response.escalation.CopyFrom(escalation_pb(result.escalation))
+    if result.action is not None:
+        response.action.CopyFrom(action_pb(result.action))
     return response
 
 
@@ -170,13 +205,13 @@ def turn_pb(result: TurnResult) -> agent_pb2.Turn:
         tool_calls=[tool_call_pb(call) for call in result.tool_calls],
         sources=[source_pb(source) for source in result.sources],
         guardrail_flags=[flag_pb(flag) for flag in result.flags],
-        create_time=timestamp_pb2.Timestamp(
-            seconds=int(result.create_time), nanos=int((result.create_time % 1) * 1e9)
-        ),
+        create_time=_timestamp(result.create_time),
         system_note=result.system_note,
     )
     if result.escalation is not None:
         turn.escalation.CopyFrom(escalation_pb(result.escalation))
+    if result.action is not None:
+        turn.action.CopyFrom(action_pb(result.action))
     return turn
 
 
@@ -184,63 +219,50 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
 
 
+# How each stored event kind becomes its proto message; the kind is the name of its `event` oneof field.
+_EVENT_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Message]] = {
+    ce.CUSTOMER_MESSAGE: lambda data: agent_pb2.CustomerMessageEvent(
+        turn_id=data.get("turn_id", ""), text=data.get("text", "")
+    ),
+    ce.BOT_REPLY: lambda data: agent_pb2.BotReplyEvent(
+        turn_id=data.get("turn_id", ""),
+        text=data.get("text", ""),
+        sources=[source_pb(Source(**item)) for item in data.get("sources", ())],
+        tool_calls=[tool_call_pb(ToolCallRecord(**item)) for item in data.get("tool_calls", ())],
+        guardrail_flags=[flag_pb(Flag(**item)) for item in data.get("guardrail_flags", ())],
+    ),
+    ce.ESCALATION: lambda data: escalation_pb(EscalationInfo(**data)),
+    ce.STATE_CHANGE: lambda data: agent_pb2.StateChangeEvent(
+        state=state_pb(data.get("state", "bot")),
+        ticket_id=data.get("ticket_id", ""),
+        assignee=data.get("assignee", ""),
+    ),
+    ce.TICKET_CLAIMED: lambda data: agent_pb2.TicketClaimedEvent(
+        ticket_id=data.get("ticket_id", ""), assignee=data.get("assignee", ""), text=data.get("text", "")
+    ),
+    ce.HUMAN_REPLY: lambda data: agent_pb2.HumanReplyEvent(
+        ticket_id=data.get("ticket_id", ""),
+        author_name=data.get("author_name", ""),
+        text=data.get("text", ""),
+    ),
+    ce.TICKET_RESOLVED: lambda data: agent_pb2.TicketResolvedEvent(
+        ticket_id=data.get("ticket_id", ""), assignee=data.get("assignee", "")
+    ),
+    ce.HAND_BACK: lambda data: agent_pb2.HandBackEvent(
+        ticket_id=data.get("ticket_id", ""), text=data.get("text", "")
+    ),
+    ce.ACTION: lambda data: action_pb(ActionInfo(**data)),
+}
+
+
 def conversation_event_pb(event: ConversationEvent) -> agent_pb2.ConversationEvent:
     """A stored event (kind + JSON data) as the proto; a kind this build does not know has an empty oneof."""
-    data = event.data
     message = agent_pb2.ConversationEvent(
         conversation_id=event.conversation_id, offset=event.offset, create_time=_timestamp(event.create_time)
     )
-    kind = event.kind
-    if kind == ce.CUSTOMER_MESSAGE:
-        message.customer_message.CopyFrom(
-            agent_pb2.CustomerMessageEvent(turn_id=data.get("turn_id", ""), text=data.get("text", ""))
-        )
-    elif kind == ce.BOT_REPLY:
-        message.bot_reply.CopyFrom(
-            agent_pb2.BotReplyEvent(
-                turn_id=data.get("turn_id", ""),
-                text=data.get("text", ""),
-                sources=[source_pb(Source(**item)) for item in data.get("sources", ())],
-                tool_calls=[tool_call_pb(ToolCallRecord(**item)) for item in data.get("tool_calls", ())],
-                guardrail_flags=[flag_pb(Flag(**item)) for item in data.get("guardrail_flags", ())],
-            )
-        )
-    elif kind == ce.ESCALATION:
-        message.escalation.CopyFrom(escalation_pb(EscalationInfo(**data)))
-    elif kind == ce.STATE_CHANGE:
-        message.state_change.CopyFrom(
-            agent_pb2.StateChangeEvent(
-                state=state_pb(data.get("state", "bot")),
-                ticket_id=data.get("ticket_id", ""),
-                assignee=data.get("assignee", ""),
-            )
-        )
-    elif kind == ce.TICKET_CLAIMED:
-        message.ticket_claimed.CopyFrom(
-            agent_pb2.TicketClaimedEvent(
-                ticket_id=data.get("ticket_id", ""),
-                assignee=data.get("assignee", ""),
-                text=data.get("text", ""),
-            )
-        )
-    elif kind == ce.HUMAN_REPLY:
-        message.human_reply.CopyFrom(
-            agent_pb2.HumanReplyEvent(
-                ticket_id=data.get("ticket_id", ""),
-                author_name=data.get("author_name", ""),
-                text=data.get("text", ""),
-            )
-        )
-    elif kind == ce.TICKET_RESOLVED:
-        message.ticket_resolved.CopyFrom(
-            agent_pb2.TicketResolvedEvent(
-                ticket_id=data.get("ticket_id", ""), assignee=data.get("assignee", "")
-            )
-        )
-    elif kind == ce.HAND_BACK:
-        message.hand_back.CopyFrom(
-            agent_pb2.HandBackEvent(ticket_id=data.get("ticket_id", ""), text=data.get("text", ""))
-        )
+    build = _EVENT_BUILDERS.get(event.kind)
+    if build is not None:
+        getattr(message, event.kind).CopyFrom(build(event.data))
     return message
 
 
@@ -265,6 +287,8 @@ def event_pb(event: TurnEvent) -> agent_pb2.StreamChatResponse:
         return agent_pb2.StreamChatResponse(escalation=escalation_pb(event.escalation))
     if isinstance(event, GuardrailEvent):
         return agent_pb2.StreamChatResponse(guardrail=flag_pb(event.flag))
+    if isinstance(event, ActionEvent):
+        return agent_pb2.StreamChatResponse(action=action_pb(event.action))
     return agent_pb2.StreamChatResponse(final=chat_response_pb(event.result))
 
 
@@ -285,18 +309,59 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 async for event in events:
                     yield event
 
+    async def _final(self, turn_request: TurnRequest) -> TurnResult:
+        final: FinalEvent | None = None
+        async with aclosing(self._events(turn_request)) as events:
+            async for event in events:
+                if isinstance(event, FinalEvent):
+                    final = event
+        if final is None:
+            raise RuntimeError("turn ended without a final event")
+        return final.result
+
     async def Chat(  # noqa: N802
         self, request: agent_pb2.ChatRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.ChatResponse:
         async with ERROR_GUARD(context):
-            final: FinalEvent | None = None
-            async with aclosing(self._events(_turn_request(request, context, stream=False))) as events:
-                async for event in events:
-                    if isinstance(event, FinalEvent):
-                        final = event
-            if final is None:
-                raise RuntimeError("turn ended without a final event")
-            return chat_response_pb(final.result)
+            return chat_response_pb(await self._final(_turn_request(request, context, stream=False)))
+
+    async def ConfirmAction(  # noqa: N802
+        self, request: agent_pb2.ConfirmActionRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ConfirmActionResponse:
+        async with ERROR_GUARD(context):
+            return agent_pb2.ConfirmActionResponse(
+                response=await self._decide(request, context, confirm=True)
+            )
+
+    async def DeclineAction(  # noqa: N802
+        self, request: agent_pb2.DeclineActionRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DeclineActionResponse:
+        async with ERROR_GUARD(context):
+            return agent_pb2.DeclineActionResponse(
+                response=await self._decide(request, context, confirm=False)
+            )
+
+    async def _decide(
+        self,
+        request: agent_pb2.ConfirmActionRequest | agent_pb2.DeclineActionRequest,
+        context: grpc.aio.ServicerContext,
+        confirm: bool,
+    ) -> agent_pb2.ChatResponse:
+        """A button press is a turn (stored, replayed on its turn_id) that decides the pending action."""
+        turn_request = TurnRequest(
+            conversation_id=request.conversation_id,
+            message=texts.button_message(confirm, request.action_id),
+            turn_id=request.turn_id,
+            customer_id=_customer_scope(),
+            time_budget_seconds=context.time_remaining(),
+            decision=ActionDecision(request.action_id, confirm),
+        )
+        try:
+            result = await self._final(turn_request)
+        except NotYourConversationError:
+            # Another customer's action is indistinguishable from one that does not exist.
+            raise ActionNotFoundError(f"no action {request.action_id!r} in this conversation") from None
+        return chat_response_pb(result)
 
     async def StreamChat(  # noqa: N802
         self, request: agent_pb2.StreamChatRequest, context: grpc.aio.ServicerContext

@@ -6,7 +6,7 @@ Plain strings and small formatters of plain values: no imports from the rest of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 # --- the turn ------------------------------------------------------------------------------------------------
@@ -108,3 +108,64 @@ SAFE_REPLY_LEAK: Final[str] = (
     "Sorry, I can't share that. I'm here to help with your orders, returns, shipping and account questions "
     "- what can I help you with?"
 )
+
+
+# --- write actions (cancel, return, address change): proposed, then run only once the customer confirms --------
+
+ACTION_DECLINED: Final[str] = (
+    "Okay, I've left everything as it is: nothing has changed. Is there anything else I can help with?"
+)
+ACTION_EXPIRED: Final[str] = (
+    "That request expired before it was confirmed, so nothing has changed. If you still want it, just ask "
+    "again and I'll set it up for you to confirm."
+)
+ACTION_NOT_RUN_UNAVAILABLE: Final[str] = (
+    "I couldn't reach our order system just now, so I can't tell whether that went through. Please reply "
+    '"yes" again in a moment: it will only ever be done once.'
+)
+
+
+def action_proposal(summary: str) -> str:
+    """The reply of a turn that proposed a write action: what will happen, and how to confirm."""
+    return f'{summary.rstrip(". ")}. Shall I go ahead? Reply "yes" to confirm or "no" to keep things as they are.'
+
+
+def action_done(tool: str, summary: str, result: Mapping[str, object]) -> str:
+    """What an executed action did, from its result (the three built-in write tools; else its summary)."""
+    order = f"order {result['order_id']}" if result.get("order_id") else "your order"
+    if tool == "cancel_order":
+        refund = f" Refund: {result['refund']}." if result.get("refund") else ""
+        return f"Done: {order} is cancelled.{refund}"
+    if tool == "start_return":
+        parts = [f"I've started a return for {order}."]
+        if result.get("return_id"):
+            parts.append(f"Your return number is {result['return_id']}.")
+        if result.get("instructions"):
+            parts.append(str(result["instructions"]))
+        return " ".join(parts)
+    if tool == "change_delivery_address" and result.get("address"):
+        return f"Done: {order} will be delivered to {result['address']}."
+    return f"Done: {summary.rstrip('. ') or 'your request'}."
+
+
+def action_not_executed(note: str) -> str:
+    reason = note.rstrip(". ") or "the order system refused it"
+    return f"I couldn't do that after all: {reason}. Nothing has changed."
+
+
+def action_unknown(note: str) -> str:
+    reason = note.rstrip(". ") or "the order system did not answer in time"
+    return (
+        f"I'm not certain that went through: {reason}. I won't try it again on my own; a member of our team "
+        "can check it for you."
+    )
+
+
+def action_no_longer_open(note: str) -> str:
+    reason = f" ({note.rstrip('. ')})" if note else ""
+    return f"That request is no longer open{reason}, so nothing has changed. Just ask if you'd like to set it up again."
+
+
+# What the transcript records for a ConfirmAction / DeclineAction call (the backend's button).
+def button_message(confirm: bool, action_id: str) -> str:
+    return f"[{'confirmed' if confirm else 'declined'} with the button: {action_id}]"

@@ -3,8 +3,10 @@ turn works with are in `turn_contract`, the architecture in docs/architecture.md
 
 `TurnRunner.run` reads top-down as the stages of a turn: validate → the customer's rate → replay a retried
 turn id → take the conversation's lock (renewed while the turn runs) → the conversation's message cap → route
-a human-owned conversation to its ticket (or hand off at the turn cap) → screen the input → retrieve and
-quarantine → model/tool rounds → decide the escalation (`turn_outcome`) → screen the output → cite → persist.
+a button press (ConfirmAction / DeclineAction) to its action, a human-owned conversation to its ticket (or hand
+off at the turn cap) → screen the input → answer a pending write action (`action_flow`) → retrieve and
+quarantine → model/tool rounds (a proposed write action ends them) → decide the escalation (`turn_outcome`) →
+screen the output → cite → persist.
 Everything after the lock runs under the turn's deadline. The turn always yields its events and ends with
 exactly one `FinalEvent`; Chat collects them, StreamChat forwards them as they happen.
 
@@ -26,9 +28,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from agent_service import metrics, query_rewrite, texts
+from agent_service import action_flow, metrics, query_rewrite, texts
 from agent_service.conversation_store import ConversationStore
 from agent_service.domain import (
+    ActionInfo,
     Conversation,
     EscalationInfo,
     Flag,
@@ -64,6 +67,7 @@ from agent_service.tool_results import (
     tools_kept_failing,
 )
 from agent_service.turn_contract import (
+    ActionEvent,
     ConversationView,
     EscalationEvent,
     FinalEvent,
@@ -132,6 +136,8 @@ class _Turn:
     blocked_by: str = ""
     # The event-loop time by which every model call must be over (leaving time to persist and reply).
     model_deadline: float = float("inf")
+    # The write action this turn proposed, ran or dropped.
+    action: ActionInfo | None = None
 
     @property
     def log_ids(self) -> dict[str, str]:
@@ -147,6 +153,8 @@ class _Turn:
             self.escalation = event.escalation
             self.state = "pending_human"
             self.ticket_id = event.escalation.ticket_id
+        elif isinstance(event, ActionEvent):
+            self.action = event.action
         return event
 
     def count(self, result: ModelResult, default_model: str) -> None:
@@ -245,6 +253,7 @@ class TurnRunner:
         self._store = store
         self._policy = policy
         self._guardrails = guardrails
+        self._actions = action_flow.ActionFlow(tools)
         self._active = 0
         self._rate = CustomerRateLimiter(settings.customer_turns_per_minute, settings.customer_turn_burst)
 
@@ -288,7 +297,9 @@ class TurnRunner:
                         conversation = await self._load_owned(request)
                         self._check_room(conversation)
                         conversation, open_ticket = await self._record_handbacks(conversation, turn)
-                    if open_ticket is not None:
+                    if request.decision is not None:
+                        stages = self._button(turn, conversation)
+                    elif open_ticket is not None:
                         stages = self._forward_to_human(turn, open_ticket)
                     elif conversation.turns_since_handback >= self._settings.max_turns:
                         stages = self._turn_cap(turn)
@@ -324,6 +335,14 @@ class TurnRunner:
                     yield event
             return
 
+        pending = action_flow.pending_action(conversation.turns)
+        if pending is not None:
+            settled = await self._actions.answer(pending, turn.request, turn.turn_id)
+            async for event in self._settled(turn, settled):
+                yield event
+            if settled.reply is not None:
+                return
+
         async for event in self._retrieve(turn, conversation, search):
             yield event
 
@@ -350,6 +369,19 @@ class TurnRunner:
         turn.sources = self._citations(turn)
 
     # --- the stages -----------------------------------------------------------------------------------------
+
+    async def _button(self, turn: _Turn, conversation: Conversation) -> AsyncIterator[TurnEvent]:
+        """ConfirmAction / DeclineAction: the conversation's pending action, decided without the model."""
+        settled = await self._actions.press(conversation.turns, turn.request)
+        async for event in self._settled(turn, settled):
+            yield event
+
+    @staticmethod
+    async def _settled(turn: _Turn, settled: action_flow.Settled) -> AsyncIterator[TurnEvent]:
+        yield turn.record(ActionEvent(settled.action))
+        if settled.reply is not None:
+            turn.reply = settled.reply
+            yield TextDeltaEvent(turn.reply)
 
     def _check_rate(self, request: TurnRequest) -> None:
         """The customer's token bucket (keyed by the validated customer id) → RateLimitedError when empty."""
@@ -473,6 +505,7 @@ class TurnRunner:
         stored = await self._store.get_turn(request.conversation_id, request.turn_id)
         if stored is None:
             return None
+        await self._load_owned(request)  # another customer's stored turn is not theirs to replay
         if not _same_message(stored.user_message, request.message):
             raise InvalidInputError(
                 "turn_id", "was already used for a different message in this conversation"
@@ -690,6 +723,13 @@ class TurnRunner:
                 escalation = self._model_escalation(turn, record, policy_decision)
                 if escalation is not None:
                     yield turn.record(EscalationEvent(escalation))
+            # A proposed write action ends the rounds: the customer confirms it (or not) in their next message.
+            proposed = action_flow.proposed_action(outcome for outcome, _ in executed)
+            if proposed is not None:
+                yield turn.record(ActionEvent(proposed))
+                turn.reply, turn.answered = texts.action_proposal(proposed.summary), True
+                yield TextDeltaEvent(turn.reply)
+                return
 
     @staticmethod
     def _model_escalation(
@@ -851,6 +891,9 @@ class TurnRunner:
         if call.name not in tool_names:
             message = f"There is no tool named {call.name[:64]!r}. Available tools: {', '.join(sorted(tool_names))}."
             return ToolOutcome(tool_error_json("unknown_tool", message, retryable=False), is_error=True)
+        refused = action_flow.refusal(turn.request.message, call.name)
+        if refused is not None:
+            return refused
         try:
             arguments = json.loads(call.arguments or "{}")
         except ValueError:
@@ -898,6 +941,8 @@ class TurnRunner:
                     "trigger": escalation.detail,
                 },
             )
+        elif isinstance(event, ActionEvent):
+            action_flow.audit_action(turn.log_ids, event.action)
 
     async def _persist(self, turn: _Turn) -> TurnResult:
         request = turn.request
@@ -916,6 +961,7 @@ class TurnRunner:
             assignee=turn.assignee,
             ticket_id=turn.ticket_id,
             create_time=turn.started,
+            action=turn.action,
         )
         try:
             await self._store.append_turn(result, customer_id=request.customer_id)

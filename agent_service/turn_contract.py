@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent_service.domain import (
+    ActionInfo,
     Conversation,
     EscalationInfo,
     Flag,
@@ -39,10 +40,20 @@ class RetrievalResult:
 
 @dataclass(frozen=True)
 class ToolOutcome:
-    """What a tool call gave back: exactly the JSON the model is shown, and whether it is an error."""
+    """What a tool call gave back: exactly the JSON the model is shown, and whether it is an error. A write
+    tool is only proposed: `pending_action` is the action waiting for the customer's confirmation."""
 
     content_json: str
     is_error: bool
+    pending_action: ActionInfo | None = None
+
+
+@dataclass(frozen=True)
+class ActionRun:
+    """What RunAction decided: the action's outcome, and whether it ran now (False: decided earlier)."""
+
+    action: ActionInfo
+    ran_now: bool
 
 
 def tool_error_json(code: str, message: str, retryable: bool) -> str:
@@ -84,7 +95,7 @@ class Retrieval(Protocol):
 
 class Tools(Protocol):
     """`execute` never raises for a tool failure (it returns an error outcome); the others raise
-    `ToolsUnavailableError`."""
+    `ToolsUnavailableError` (code "NOT_FOUND" for an action that is not the customer's, or is unknown)."""
 
     async def list_tools(self) -> tuple[dict[str, Any], ...]: ...
 
@@ -110,6 +121,16 @@ class Tools(Protocol):
 
     async def append_customer_message(self, ticket_id: str, text: str, customer_id: str) -> None: ...
 
+    async def run_action(
+        self, action_id: str, *, conversation_id: str, confirmation: str, customer_id: str
+    ) -> ActionRun: ...
+
+    async def drop_action(
+        self, action_id: str, *, conversation_id: str, note: str, confirmation: str, customer_id: str
+    ) -> ActionInfo: ...
+
+    async def list_actions(self, conversation_id: str, customer_id: str) -> tuple[ActionInfo, ...]: ...
+
 
 class Guardrails(Protocol):
     """The `agent_service.guardrails` package satisfies this."""
@@ -131,6 +152,14 @@ class Guardrails(Protocol):
 
 
 @dataclass(frozen=True)
+class ActionDecision:
+    """A ConfirmAction / DeclineAction call (the backend's button): the turn decides this action, no model."""
+
+    action_id: str
+    confirm: bool
+
+
+@dataclass(frozen=True)
 class TurnRequest:
     conversation_id: str
     message: str
@@ -141,6 +170,8 @@ class TurnRequest:
     # Seconds the caller still waits (its gRPC deadline) when the turn starts; None: no caller deadline. The
     # turn then ends by the sooner of this and TURN_DEADLINE_SECONDS, model calls leaving time to reply.
     time_budget_seconds: float | None = None
+    # Set for ConfirmAction / DeclineAction; `message` then records the button press.
+    decision: ActionDecision | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +206,13 @@ class GuardrailEvent:
 
 
 @dataclass(frozen=True)
+class ActionEvent:
+    """A write action was proposed, run or dropped."""
+
+    action: ActionInfo
+
+
+@dataclass(frozen=True)
 class FinalEvent:
     result: TurnResult
 
@@ -186,6 +224,7 @@ TurnEvent = (
     | TextDeltaEvent
     | EscalationEvent
     | GuardrailEvent
+    | ActionEvent
     | FinalEvent
 )
 
@@ -269,3 +308,5 @@ def validate_request(request: TurnRequest, settings: TurnSettings) -> None:
     ):
         raise InvalidInputError("message", "must not contain control characters")
     validate_id(request.customer_id, "x-customer-id", required=False)
+    if request.decision is not None:
+        validate_id(request.decision.action_id, "action_id", required=True)

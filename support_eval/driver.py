@@ -1,4 +1,8 @@
-"""Replays a suite's conversations over AgentService.Chat and records every response."""
+"""Replays a suite's conversations over AgentService.Chat and records every response.
+
+A `confirm` / `decline` turn with `button` calls AgentService.ConfirmAction / DeclineAction on the latest
+action an earlier turn of the conversation carried. Conversations that confirm an action (they may change an
+order other conversations read) run after all the others, one at a time, in suite order."""
 
 from __future__ import annotations
 
@@ -10,17 +14,18 @@ from collections.abc import Sequence
 import grpc
 
 from service_kit import auth
-from service_kit.codes import CONVERSATION_STATE, ESCALATION_REASON, PRIORITY
+from service_kit.codes import ACTION_STATE, CONVERSATION_STATE, ESCALATION_REASON, PRIORITY
 from service_kit.metadata import CUSTOMER_ID_KEY
-from support.v1 import agent_pb2, agent_pb2_grpc
+from support.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from support_eval.records import (
+    ActionRecord,
     ConversationRecord,
     EscalationRecord,
     SourceRecord,
     ToolCallRecord,
     TurnRecord,
 )
-from support_eval.suite import ConversationSpec, Suite
+from support_eval.suite import ConversationSpec, Suite, TurnSpec
 
 CHAT_TIMEOUT_SECONDS = 60.0
 
@@ -61,7 +66,55 @@ def turn_record(message: str, response: agent_pb2.ChatResponse, latency_ms: floa
         guardrail_flags=tuple(flag.rule for flag in response.guardrail_flags),
         latency_ms=latency_ms,
         turn_id=response.turn_id,
+        action=action_record(response.action) if response.HasField("action") else None,
     )
+
+
+def action_record(action: types_pb2.Action) -> ActionRecord:
+    return ActionRecord(
+        action_id=action.action_id,
+        tool=action.tool_name,
+        state=ACTION_STATE.from_proto(action.state, "unspecified"),
+        summary=action.summary,
+        note=action.note,
+    )
+
+
+def _button_label(turn: TurnSpec) -> str:
+    return "[button: confirm]" if turn.confirm else "[button: decline]"
+
+
+async def _send(
+    stub: agent_pb2_grpc.AgentServiceStub,
+    turn: TurnSpec,
+    conversation_id: str,
+    turn_id: str,
+    action_id: str,
+    metadata: tuple[tuple[str, str], ...],
+    call_timeout: float,
+) -> agent_pb2.ChatResponse:
+    """The turn's RPC: Chat with its message, or the button's ConfirmAction / DeclineAction."""
+    if not turn.button:
+        request = agent_pb2.ChatRequest(
+            conversation_id=conversation_id, message=turn.message, turn_id=turn_id
+        )
+        response: agent_pb2.ChatResponse = await stub.Chat(request, metadata=metadata, timeout=call_timeout)
+        return response
+    if turn.confirm:
+        confirm = agent_pb2.ConfirmActionRequest(
+            conversation_id=conversation_id, action_id=action_id, turn_id=turn_id
+        )
+        confirmed: agent_pb2.ConfirmActionResponse = await stub.ConfirmAction(
+            confirm, metadata=metadata, timeout=call_timeout
+        )
+        return confirmed.response
+    decline = agent_pb2.DeclineActionRequest(
+        conversation_id=conversation_id, action_id=action_id, turn_id=turn_id
+    )
+    declined: agent_pb2.DeclineActionResponse = await stub.DeclineAction(
+        decline, metadata=metadata, timeout=call_timeout
+    )
+    return declined.response
 
 
 async def run_conversation(
@@ -75,24 +128,28 @@ async def run_conversation(
     metadata = ((CUSTOMER_ID_KEY, spec.customer_id),)
     turns: list[TurnRecord] = []
     for index, turn in enumerate(spec.turns):
-        request = agent_pb2.ChatRequest(
-            conversation_id=conversation_id, message=turn.message, turn_id=f"{conversation_id}-t{index}"
-        )
+        turn_id = f"{conversation_id}-t{index}"
+        message = _button_label(turn) if turn.button else turn.message
+        action_id = next((record.action.action_id for record in reversed(turns) if record.action), "")
+        if turn.button and not action_id:
+            error = "no earlier turn carried an action to confirm or decline"
+            turns.append(TurnRecord(message=message, error=error, turn_id=turn_id))
+            continue
         started = time.perf_counter()
         try:
-            response = await stub.Chat(request, metadata=metadata, timeout=call_timeout)
+            response = await _send(stub, turn, conversation_id, turn_id, action_id, metadata, call_timeout)
         except grpc.aio.AioRpcError as error:
             latency_ms = (time.perf_counter() - started) * 1000.0
             turns.append(
                 TurnRecord(
-                    message=turn.message,
+                    message=message,
                     latency_ms=latency_ms,
                     error=f"{error.code().name}: {error.details()}",
-                    turn_id=request.turn_id,
+                    turn_id=turn_id,
                 )
             )
             continue
-        turns.append(turn_record(turn.message, response, (time.perf_counter() - started) * 1000.0))
+        turns.append(turn_record(message, response, (time.perf_counter() - started) * 1000.0))
     return ConversationRecord(spec.id, conversation_id, spec.customer_id, tuple(turns))
 
 
@@ -121,4 +178,9 @@ async def run_suite(
             async with limit:
                 return await run_conversation(stub, spec, run_id, call_timeout)
 
-        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        readers = [spec for spec in specs if not spec.changes_orders]
+        records = {record.spec_id: record for record in await asyncio.gather(*map(one, readers))}
+        for spec in specs:
+            if spec.changes_orders:
+                records[spec.id] = await run_conversation(stub, spec, run_id, call_timeout)
+        return [records[spec.id] for spec in specs]

@@ -42,6 +42,19 @@ class SourceRecord:
 
 
 @dataclass(frozen=True)
+class ActionRecord:
+    """The write action a response carries (ChatResponse.action)."""
+
+    action_id: str
+    tool: str
+    # service_kit.codes.ACTION_STATE codes: "pending" | "executed" | "declined" | "expired" | "not_executed" |
+    # "unknown" ("unspecified" when the agent sent none)
+    state: str
+    summary: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class TurnRecord:
     """One Chat call: the customer's message and everything the response said (or the RPC error)."""
 
@@ -60,6 +73,7 @@ class TurnRecord:
     # "CODE: details" when the RPC failed; every expectation of such a turn fails.
     error: str | None = None
     turn_id: str = ""
+    action: ActionRecord | None = None
 
 
 @dataclass(frozen=True)

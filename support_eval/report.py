@@ -27,6 +27,7 @@ _LABELS = {
     "abstention_accuracy": "abstention accuracy",
     "text_pass_rate": "text expectations",
     "state_accuracy": "state accuracy",
+    "action_accuracy": "actions",
     "turn_pass_rate": "turns passed",
     "expectation_pass_rate": "expectations passed",
     "error_rate": "RPC errors",
@@ -190,6 +191,10 @@ def _transcript_turn(index: int, turn: TurnRecord) -> list[str]:
     for call in turn.tool_calls:
         flag = " (error)" if call.is_error else ""
         lines.append(f"        tool {call.name}({call.arguments_json}){flag} -> {_clip(call.result_json)}")
+    if turn.action is not None:
+        action = turn.action
+        note = f" ({action.note})" if action.note else ""
+        lines.append(f"        action {action.tool} {action.state}: {action.summary}{note}")
     if turn.escalation is not None:
         esc = turn.escalation
         lines.append(f"        escalated: ticket {esc.ticket_id} priority={esc.priority} reason={esc.reason}")

@@ -15,6 +15,9 @@ Definitions (docs/eval.md has the long form):
 - Abstention accuracy, over turns with `abstain`: the reply matches an abstention pattern iff expected.
 - Text pass rate, over turns with `contains`/`not_contains`: every listed text present / absent
   (case-insensitive). State accuracy, over turns with `state`.
+- Action accuracy ("actions"), over turns with `pending_action`, `executed`, `declined` or `no_write`: the
+  response's action (ChatResponse.action) is that tool's action in that state (pending / executed / declined);
+  `no_write`: the response carries no action that was proposed or ran (pending, executed or unknown).
 - Turn pass rate: turns whose every expectation held (an RPC error fails every expectation of its turn).
   Expectation pass rate: single checks that held. Error rate: turns whose RPC failed.
 - Latency p50/p95 (ms, nearest-rank) over every turn.
@@ -112,6 +115,8 @@ class _Counts:
     text_ok: int = 0
     state_turns: int = 0
     state_ok: int = 0
+    action_turns: int = 0
+    action_ok: int = 0
     checks: int = 0
     checks_ok: int = 0
     turns: int = 0
@@ -292,6 +297,34 @@ def _check_state(turn: TurnRecord, expect: Expect, context: _Context, counts: _C
     return [_Check("state", ok, f"expected state {expect.state}; got {turn.state}")]
 
 
+# Action states of a response that mean a write was proposed or may have run.
+WRITE_STATES = ("pending", "executed", "unknown")
+
+
+def _check_action(turn: TurnRecord, expect: Expect, context: _Context, counts: _Counts) -> list[_Check]:
+    counts.action_turns += 1
+    action = turn.action
+    got = "no action" if action is None else f"{action.tool} {action.state}"
+    checks = [
+        _Check(
+            state,
+            action is not None and action.tool == tool and action.state == state,
+            f"expected a {state} {tool} action; got {got}",
+        )
+        for state, tool in (
+            ("pending", expect.pending_action),
+            ("executed", expect.executed),
+            ("declined", expect.declined),
+        )
+        if tool is not None
+    ]
+    if expect.no_write:
+        wrote = action is not None and action.state in WRITE_STATES
+        checks.append(_Check("no_write", not wrote, f"expected no write proposed or run; got {got}"))
+    counts.action_ok += all(check.ok for check in checks)
+    return checks
+
+
 # Expectation fields -> the checker that scores them, run when any of the fields is given; the order is
 # the order checks are counted and failures reported.
 _CHECKERS: tuple[tuple[tuple[str, ...], _Checker], ...] = (
@@ -305,6 +338,7 @@ _CHECKERS: tuple[tuple[tuple[str, ...], _Checker], ...] = (
     (("abstain",), _check_abstain),
     (("contains", "not_contains"), _check_text),
     (("state",), _check_state),
+    (("pending_action", "executed", "declined", "no_write"), _check_action),
 )
 
 
@@ -380,6 +414,7 @@ def _metrics(c: _Counts) -> dict[str, Metric]:
         rate("abstention_accuracy", c.abstain_ok, c.abstain_turns),
         rate("text_pass_rate", c.text_ok, c.text_turns),
         rate("state_accuracy", c.state_ok, c.state_turns),
+        rate("action_accuracy", c.action_ok, c.action_turns),
         rate("turn_pass_rate", c.turns_ok, c.turns),
         rate("expectation_pass_rate", c.checks_ok, c.checks),
         rate("error_rate", c.errors, c.turns),

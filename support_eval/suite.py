@@ -3,6 +3,10 @@
 `load_suite(path)` returns a validated, immutable `Suite` or raises `SuiteError` naming the file and the
 exact place of the problem, e.g. ``evals/x.yaml: conversations[2].turns[0].expect.priority: expected one of
 high, low, medium, got 'urgent'``.
+
+A turn is a customer message, or the customer's answer to the pending action of an earlier turn
+(`confirm: true` / `decline: true`): the message "yes" / "no" (or the turn's own `message`), or with
+`button: true` the AgentService.ConfirmAction / DeclineAction call a backend's button makes.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ METRICS: dict[str, bool] = {
     "state_accuracy": True,
     "turn_pass_rate": True,
     "expectation_pass_rate": True,
+    "action_accuracy": True,
     "error_rate": False,
     "latency_p50_ms": False,
     "latency_p95_ms": False,
@@ -66,8 +71,8 @@ _SUITE_KEYS = {
     "escalation_tool",
     "conversations",
 }
-_CONVERSATION_KEYS = {"id", "customer_id", "description", "turns"}
-_TURN_KEYS = {"message", "expect"}
+_CONVERSATION_KEYS = {"id", "customer_id", "description", "turns", "no_write"}
+_TURN_KEYS = {"message", "expect", "confirm", "decline", "button"}
 _EXPECT_KEYS = {
     "cite",
     "tool",
@@ -80,8 +85,15 @@ _EXPECT_KEYS = {
     "not_contains",
     "abstain",
     "state",
+    "pending_action",
+    "executed",
+    "declined",
+    "no_write",
 }
 NO_TOOL = "none"
+# What a `confirm` / `decline` turn sends as the customer's message when it gives none.
+CONFIRM_MESSAGE = "yes"
+DECLINE_MESSAGE = "no"
 
 
 class SuiteError(ValueError):
@@ -104,12 +116,23 @@ class Expect:
     not_contains: tuple[str, ...] = ()
     abstain: bool | None = None
     state: str | None = None
+    # Write actions (ChatResponse.action): the tool whose action this turn proposed (pending), ran (executed)
+    # or dropped (declined); `no_write`: the turn neither proposed nor ran one.
+    pending_action: str | None = None
+    executed: str | None = None
+    declined: str | None = None
+    no_write: bool | None = None
 
 
 @dataclass(frozen=True)
 class TurnSpec:
     message: str
     expect: Expect = field(default_factory=Expect)
+    # The customer answers the pending action of an earlier turn: confirms or declines it, by message or,
+    # with `button`, by AgentService.ConfirmAction / DeclineAction.
+    confirm: bool = False
+    decline: bool = False
+    button: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,11 @@ class ConversationSpec:
     customer_id: str
     turns: tuple[TurnSpec, ...]
     description: str = ""
+
+    @property
+    def changes_orders(self) -> bool:
+        """Whether a turn confirms an action: it may change the order store other conversations read."""
+        return any(turn.confirm for turn in self.turns)
 
 
 @dataclass(frozen=True)
@@ -226,6 +254,12 @@ def _conversation(raw: object, where: str, default_customer: str) -> Conversatio
     if not isinstance(raw_turns, list) or not raw_turns:
         raise SuiteError(f"{where}.turns: must be a non-empty list")
     turns = tuple(_turn(turn, f"{where}.turns[{index}]") for index, turn in enumerate(raw_turns))
+    if turns[0].confirm or turns[0].decline:
+        raise SuiteError(f"{where}.turns[0]: the first turn has no earlier action to confirm or decline")
+    if _boolean(data.get("no_write"), f"{where}.no_write"):
+        turns = tuple(
+            _without_writes(turn, f"{where}.turns[{index}].expect") for index, turn in enumerate(turns)
+        )
     return ConversationSpec(
         id=conversation_id,
         customer_id=customer_id,
@@ -234,11 +268,31 @@ def _conversation(raw: object, where: str, default_customer: str) -> Conversatio
     )
 
 
+def _without_writes(turn: TurnSpec, where: str) -> TurnSpec:
+    """The turn of a `no_write: true` conversation: it expects no write, whatever else it expects."""
+    if turn.expect.pending_action is not None or turn.expect.executed is not None:
+        raise SuiteError(f"{where}: expects a write, but the conversation says no_write: true")
+    return replace(turn, expect=replace(turn.expect, no_write=True))
+
+
 def _turn(raw: object, where: str) -> TurnSpec:
     data = _mapping(raw, where, _TURN_KEYS)
-    message = _string(data.get("message"), f"{where}.message", required=True)
+    confirm = bool(_boolean(data.get("confirm"), f"{where}.confirm"))
+    decline = bool(_boolean(data.get("decline"), f"{where}.decline"))
+    button = bool(_boolean(data.get("button"), f"{where}.button"))
+    if confirm and decline:
+        raise SuiteError(f"{where}: confirm and decline are exclusive")
+    if button and not (confirm or decline):
+        raise SuiteError(f"{where}.button: needs confirm: true or decline: true")
+    if button and "message" in data:
+        raise SuiteError(f"{where}.message: a button press sends no message")
+    if confirm or decline:
+        default = CONFIRM_MESSAGE if confirm else DECLINE_MESSAGE
+        message = _string(data.get("message", default), f"{where}.message", required=True)
+    else:
+        message = _string(data.get("message"), f"{where}.message", required=True)
     expect = _expect(data.get("expect", {}), f"{where}.expect")
-    return TurnSpec(message=message, expect=expect)
+    return TurnSpec(message=message, expect=expect, confirm=confirm, decline=decline, button=button)
 
 
 def _expect(raw: object, where: str) -> Expect:
@@ -277,6 +331,17 @@ def _expect(raw: object, where: str) -> Expect:
             raise SuiteError(f"{where}.reason: set, but escalate is false")
         escalate = True
     state = _choice(data["state"], f"{where}.state", STATES) if "state" in data else None
+    writes = {
+        key: _string(data[key], f"{where}.{key}", required=True) if key in data else None
+        for key in ("pending_action", "executed", "declined")
+    }
+    named = [key for key, tool in writes.items() if tool is not None]
+    if len(named) > 1:
+        raise SuiteError(f"{where}.{named[1]}: a turn carries one action; {named[0]} is also set")
+    # `no_write: false` checks nothing (like leaving it out).
+    no_write = True if _boolean(data.get("no_write"), f"{where}.no_write") else None
+    if no_write and (writes["pending_action"] or writes["executed"]):
+        raise SuiteError(f"{where}.no_write: set, but the turn also expects a write")
     return Expect(
         cite=_strings(data.get("cite", []), f"{where}.cite"),
         tool=tool,
@@ -289,6 +354,10 @@ def _expect(raw: object, where: str) -> Expect:
         not_contains=_strings(data.get("not_contains", []), f"{where}.not_contains"),
         abstain=_boolean(data.get("abstain"), f"{where}.abstain"),
         state=state,
+        pending_action=writes["pending_action"],
+        executed=writes["executed"],
+        declined=writes["declined"],
+        no_write=no_write,
     )
 
 

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_SECONDS = 0.05
 MAX_BODY_BYTES = 64 * 1024
-NOT_FOUND_MESSAGE = "Nothing was found for that request; ask the customer to check what they gave."
+NOT_FOUND_MESSAGE = (
+    "Nothing was found for that request: what the customer gave does not match anything of theirs."
+)
 _ERROR_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 

@@ -82,7 +82,7 @@ class OrderWriter(Protocol):
 # The one message for both "missing" and "another customer's": byte-identical whatever the id, so neither the
 # model nor the caller can tell them apart (and nothing of the asked id is echoed back).
 NOT_FOUND_MESSAGE = (
-    "No order with that id was found for this customer; ask the customer to check the order id."
+    "No order with that id was found for this customer: the id is wrong or is not one of their orders."
 )
 
 

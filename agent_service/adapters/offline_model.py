@@ -6,6 +6,12 @@ results already in `messages`, and decides like a careful, literal-minded assist
 * an order id in the message → a `lookup_order_status` call, then a reply built from the tool result;
 * an escalation trigger (from the escalation policy) → an `escalate_to_human` call with the priority, then a
   reply quoting the ticket id;
+* a request to cancel an order, return it or change its delivery address (:mod:`agent_service.write_intents`)
+  → a `cancel_order` / `start_return` / `change_delivery_address` call with the order id of the message (or of
+  the conversation's earlier messages) and the address it gives (:mod:`agent_service.postal_address`); the
+  tools service only proposes it (the customer confirms), and after it ran the reply comes from its result.
+  Without an order id or a readable address it asks for them; a negated request ("don't cancel it") calls
+  nothing (:mod:`agent_service.adapters.offline_orders`);
 * otherwise the sentences of the retrieved chunks that answer the question — ranked by meaning (sentence
   embeddings of the shared MiniLM model) and word overlap, not by position — verbatim, each chunk's sentences
   followed by its citation [n]; a follow-up is read in the context of the previous question (query_rewrite);
@@ -29,11 +35,20 @@ from typing import Any
 import numpy as np
 
 from agent_service import metrics
+from agent_service.adapters.offline_orders import (
+    find_order_id as find_order_id,
+)
+from agent_service.adapters.offline_orders import (
+    not_found_reply,
+    plan_write,
+    write_reply,
+)
 from agent_service.domain import KbHit
 from agent_service.escalation_policy import EscalationDecision
 from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from agent_service.query_rewrite import contextual_query
 from agent_service.texts import DONT_KNOW
+from agent_service.write_intents import RETURN_TOOL, WRITE_TOOLS
 from service_kit import observability
 from service_kit.semantic_match import Embedder, Vector, shared_cache
 
@@ -43,7 +58,6 @@ NAME = "offline-engine"
 LOOKUP_TOOL = "lookup_order_status"
 ESCALATE_TOOL = "escalate_to_human"
 
-_ORDER_ID = re.compile(r"\b(ord)[-_ ]?(\d{3,10})\b", re.IGNORECASE)
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _CROSS_REFERENCE = re.compile(r"^(?:see|read|for more|learn more|visit)\b", re.IGNORECASE)
@@ -133,11 +147,6 @@ def _stem(word: str) -> str:
 
 def _terms(text: str) -> set[str]:
     return {_stem(word) for word in _WORD.findall(text.lower()) if word not in _STOPWORDS}
-
-
-def find_order_id(text: str) -> str | None:
-    match = _ORDER_ID.search(text)
-    return f"{match.group(1).upper()}-{match.group(2)}" if match else None
 
 
 @dataclass(frozen=True)
@@ -459,12 +468,9 @@ def _order_reply(result: Mapping[str, Any], order_id: str | None) -> str:
     if isinstance(error, Mapping):
         code = str(error.get("code", "")).lower()
         if "not_found" in code or code == "not found":
-            return (
-                f"I couldn't find an order {order_id or ''} on your account. Could you check the order number? "
-                "It looks like ORD-12345."
-            ).replace("  ", " ")
-        message = str(error.get("message") or "the order system did not answer")
-        return f"I couldn't look that order up right now ({message}). Please try again in a moment."
+            return not_found_reply(order_id)
+        # The error's message is written for the model ("offer the customer a human"), not for the customer.
+        return "I couldn't look that order up right now. Please try again in a moment."
     order = result.get("order") if isinstance(result.get("order"), Mapping) else result
     assert isinstance(order, Mapping)
     oid = order.get("order_id") or order_id or "your order"
@@ -533,10 +539,21 @@ class OfflineModel:
         if results:
             reply = self._reply_from_tools(results, request, order_id)
             return ModelResult(content=reply, model=NAME) if reply else self._answer_from_kb(request)
+        hint = request.escalation_hint
+        if hint is None:  # a turn handed to a person proposes no change: the person takes it from there
+            write = plan_write(
+                request.user_message,
+                request.messages,
+                available,
+                return_reason="reason" in (_tool_properties(request.tools, RETURN_TOOL) or ()),
+            )
+            if isinstance(write, ToolCallRequest):
+                return ModelResult(content="", tool_calls=(write,), model=NAME)
+            if write is not None:
+                return ModelResult(content=write, model=NAME)
         calls: list[ToolCallRequest] = []
         if order_id and LOOKUP_TOOL in available:
             calls.append(ToolCallRequest("offline_lookup_1", LOOKUP_TOOL, json.dumps({"order_id": order_id})))
-        hint = request.escalation_hint
         if hint is not None and ESCALATE_TOOL in available:
             arguments = escalation_arguments(request.tools, hint, request.user_message)
             calls.append(ToolCallRequest("offline_escalate_1", ESCALATE_TOOL, json.dumps(arguments)))
@@ -553,6 +570,8 @@ class OfflineModel:
                 parts.append(_order_reply(result, order_id))
             elif name == ESCALATE_TOOL:
                 parts.append(_escalation_reply(result, request.escalation_hint))
+            elif name in WRITE_TOOLS:
+                parts.append(write_reply(name, result, order_id))
         return " ".join(parts)
 
     def _answer_from_kb(self, request: ModelRequest) -> ModelResult:

@@ -1,4 +1,5 @@
-"""ToolsService client: tool definitions (cached), tool execution, escalation and the hand-off tickets.
+"""ToolsService client: tool definitions (cached), tool execution, write actions (run, drop, list),
+escalation and the hand-off tickets.
 
 Every call carries a deadline and, when the caller named one, the customer id as `x-customer-id` metadata.
 `execute` never raises for a tool failure: a deadline or an unavailable backend becomes the structured
@@ -15,9 +16,15 @@ from typing import Any
 
 import grpc
 
-from agent_service.domain import Source
-from agent_service.turn_contract import TicketView, ToolOutcome, ToolsUnavailableError, tool_error_json
-from service_kit.codes import ESCALATION_REASON, PRIORITY, TICKET_STATUS
+from agent_service.domain import ActionInfo, Source
+from agent_service.turn_contract import (
+    ActionRun,
+    TicketView,
+    ToolOutcome,
+    ToolsUnavailableError,
+    tool_error_json,
+)
+from service_kit.codes import ACTION_STATE, ESCALATION_REASON, PRIORITY, TICKET_STATUS
 from service_kit.metadata import CUSTOMER_ID_KEY
 from support.v1 import tools_pb2, tools_pb2_grpc, types_pb2
 
@@ -52,6 +59,28 @@ def _ticket_view(ticket: tools_pb2.Ticket) -> TicketView:
             if message.author == tools_pb2.MESSAGE_AUTHOR_HUMAN_AGENT
         ),
         update_time=ticket.update_time.seconds + ticket.update_time.nanos / 1e9,
+    )
+
+
+def _seconds(stamp: Any) -> float:
+    return float(stamp.seconds + stamp.nanos / 1e9)
+
+
+def action_info(action: types_pb2.Action) -> ActionInfo:
+    """support.v1.Action as the domain's `ActionInfo` (lower-case state codes)."""
+    return ActionInfo(
+        action_id=action.action_id,
+        conversation_id=action.conversation_id,
+        tool_name=action.tool_name,
+        arguments_json=action.arguments_json or "{}",
+        summary=action.summary,
+        state=ACTION_STATE.from_proto(action.state, "unknown"),
+        create_time=_seconds(action.create_time),
+        expire_time=_seconds(action.expire_time),
+        decide_time=_seconds(action.decide_time),
+        confirmation=action.confirmation,
+        result_json=action.result_json,
+        note=action.note,
     )
 
 
@@ -126,7 +155,8 @@ class ToolsClient:
             logger.warning("tool call failed", extra={"tool": name, "grpc_code": code.name})
             return ToolOutcome(content, is_error=True)
         content = response.content_json or "{}"
-        return ToolOutcome(content, is_error=response.HasField("error"))
+        pending = action_info(response.pending_action) if response.HasField("pending_action") else None
+        return ToolOutcome(content, is_error=response.HasField("error"), pending_action=pending)
 
     async def escalate(
         self,
@@ -189,3 +219,47 @@ class ToolsClient:
             )
         except grpc.aio.AioRpcError as error:
             raise _unavailable(error) from error
+
+    async def run_action(
+        self, action_id: str, *, conversation_id: str, confirmation: str, customer_id: str
+    ) -> ActionRun:
+        try:
+            response = await self._stub.RunAction(
+                tools_pb2.RunActionRequest(
+                    action_id=action_id, conversation_id=conversation_id, confirmation=confirmation
+                ),
+                timeout=self._timeout,
+                metadata=_metadata(customer_id),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error) from error
+        return ActionRun(action_info(response.action), response.ran_now)
+
+    async def drop_action(
+        self, action_id: str, *, conversation_id: str, note: str, confirmation: str, customer_id: str
+    ) -> ActionInfo:
+        try:
+            response = await self._stub.DropAction(
+                tools_pb2.DropActionRequest(
+                    action_id=action_id,
+                    conversation_id=conversation_id,
+                    note=note,
+                    confirmation=confirmation,
+                ),
+                timeout=self._timeout,
+                metadata=_metadata(customer_id),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error) from error
+        return action_info(response.action)
+
+    async def list_actions(self, conversation_id: str, customer_id: str) -> tuple[ActionInfo, ...]:
+        try:
+            response = await self._stub.ListActions(
+                tools_pb2.ListActionsRequest(conversation_id=conversation_id),
+                timeout=self._timeout,
+                metadata=_metadata(customer_id),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _unavailable(error) from error
+        return tuple(action_info(action) for action in response.actions)

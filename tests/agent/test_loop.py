@@ -54,10 +54,13 @@ async def test_tool_call_then_answer_carries_the_exact_tool_call_id(
         "tool_call_id": "call_abc123",
         "content": call.result_json,
     }
-    # The tool definitions come from ListTools, not from the agent.
+    # The tool definitions come from ListTools (the tools file), not from the agent.
     assert {tool["function"]["name"] for tool in model.requests[0]["tools"]} == {
         LOOKUP,
         "escalate_to_human",
+        "cancel_order",
+        "start_return",
+        "change_delivery_address",
     }
     assert response.usage.model_calls == 2 and not response.usage.fallback
     assert response.state == agent_pb2.CONVERSATION_STATE_BOT

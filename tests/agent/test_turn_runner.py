@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent_service import guardrails, texts
-from agent_service.domain import Conversation, EscalationInfo, KbHit, Source, TurnResult
+from agent_service.domain import ActionInfo, Conversation, EscalationInfo, KbHit, Source, TurnResult
 from agent_service.errors import (
     ConversationBusyError,
     ConversationFullError,
@@ -31,6 +31,7 @@ from agent_service.escalation_policy import EscalationPolicy, PolicyRules
 from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from agent_service.turn import TurnRunner, idempotency_key
 from agent_service.turn_contract import (
+    ActionRun,
     EscalationEvent,
     FinalEvent,
     GuardrailEvent,
@@ -136,6 +137,16 @@ class FakeTools:
 
     async def append_customer_message(self, ticket_id: str, text: str, customer_id: str) -> None:
         self.forwarded.append((ticket_id, text))
+
+    # Write actions are tested against the real tools service (tests/agent/test_actions.py).
+    async def run_action(self, action_id: str, **arguments: Any) -> ActionRun:
+        raise ToolsUnavailableError("UNIMPLEMENTED", "no write actions in this fake")
+
+    async def drop_action(self, action_id: str, **arguments: Any) -> ActionInfo:
+        raise ToolsUnavailableError("UNIMPLEMENTED", "no write actions in this fake")
+
+    async def list_actions(self, conversation_id: str, customer_id: str) -> tuple[ActionInfo, ...]:
+        return ()
 
 
 @dataclass

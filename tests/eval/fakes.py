@@ -14,9 +14,36 @@ from support.v1 import agent_pb2, agent_pb2_grpc, retrieval_pb2, retrieval_pb2_g
 Script = Callable[[str, str], agent_pb2.ChatResponse]
 
 
+FAKE_ACTION_ID = "act-1"
+
+
+def action_response(reply: str, state: types_pb2.ActionState) -> agent_pb2.ChatResponse:
+    """A reply carrying the fake's one cancel_order action in `state`."""
+    return agent_pb2.ChatResponse(
+        reply=reply,
+        action=types_pb2.Action(
+            action_id=FAKE_ACTION_ID,
+            tool_name="cancel_order",
+            summary="Cancel order ORD-67890 (2 items, $84.00)",
+            state=state,
+        ),
+        state=agent_pb2.CONVERSATION_STATE_BOT,
+        usage=agent_pb2.Usage(model="fake-model"),
+    )
+
+
 def scripted_reply(message: str, customer_id: str) -> agent_pb2.ChatResponse:
-    """A tiny deterministic agent: refunds cite refunds.md, ORD-... looks the order up, 'human' escalates."""
+    """A tiny deterministic agent: refunds cite refunds.md, 'cancel ORD-...' proposes a cancellation that "yes"
+    runs and "no" drops, ORD-... looks the order up, 'human' escalates."""
     text = message.lower()
+    if text.startswith("cancel ord-"):
+        return action_response(
+            "Cancel order ORD-67890 (2 items, $84.00). Shall I go ahead?", types_pb2.ACTION_STATE_PENDING
+        )
+    if text == "yes":
+        return action_response("Done: order ORD-67890 is cancelled.", types_pb2.ACTION_STATE_EXECUTED)
+    if text == "no":
+        return action_response("OK, nothing changed.", types_pb2.ACTION_STATE_DECLINED)
     if "refund" in text:
         return agent_pb2.ChatResponse(
             reply="You can get a refund within 30 days.",
@@ -65,6 +92,24 @@ def scripted_reply(message: str, customer_id: str) -> agent_pb2.ChatResponse:
 class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
     script: Script = scripted_reply
     requests: list[tuple[str, agent_pb2.ChatRequest]] = field(default_factory=list)
+    # (customer id, "confirm" | "decline", request) of every button press.
+    presses: list[tuple[str, str, agent_pb2.ConfirmActionRequest | agent_pb2.DeclineActionRequest]] = field(
+        default_factory=list
+    )
+
+    async def ConfirmAction(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.ConfirmActionRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ConfirmActionResponse:
+        self.presses.append((metadata_value(context, CUSTOMER_ID_KEY), "confirm", request))
+        response = action_response("Done: order ORD-67890 is cancelled.", types_pb2.ACTION_STATE_EXECUTED)
+        return agent_pb2.ConfirmActionResponse(response=response)
+
+    async def DeclineAction(  # noqa: N802 - gRPC method name
+        self, request: agent_pb2.DeclineActionRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.DeclineActionResponse:
+        self.presses.append((metadata_value(context, CUSTOMER_ID_KEY), "decline", request))
+        response = action_response("OK, nothing changed.", types_pb2.ACTION_STATE_DECLINED)
+        return agent_pb2.DeclineActionResponse(response=response)
 
     async def Chat(  # noqa: N802 - gRPC method name
         self, request: agent_pb2.ChatRequest, context: grpc.aio.ServicerContext

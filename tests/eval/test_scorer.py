@@ -168,6 +168,7 @@ def test_every_metric_has_its_exact_value() -> None:
         "abstention_accuracy": pytest.approx(1.0),
         "text_pass_rate": pytest.approx(1.0),
         "state_accuracy": pytest.approx(0.0),
+        "action_accuracy": None,
         "turn_pass_rate": pytest.approx(3 / 7),
         "expectation_pass_rate": pytest.approx(11 / 18),
         "error_rate": pytest.approx(0.0),

@@ -4,6 +4,8 @@
 
     async with AgentClient("127.0.0.1:50051", customer_id="cust-001") as client:
         response = await client.chat("conv-1", "Where is my order ORD-12345?")
+        if response.action.state == ActionState.ACTION_STATE_PENDING:  # e.g. "Cancel order ORD-67890 (...)"
+            response = await client.confirm_action("conv-1", response.action.action_id)  # the UI's button
         async for event in client.stream_chat("conv-1", "And when will it arrive?"):
             ...
         async for event in client.watch("conv-1"):  # every event, live; resumes after a disconnect
@@ -35,9 +37,10 @@ from support.v1.agent_pb2 import (
     Usage,
     WatchHeartbeat,
 )
-from support.v1.types_pb2 import EscalationReason, Priority, SourceRef
+from support.v1.types_pb2 import Action, ActionState, EscalationReason, Priority, SourceRef
 from support_agent_client._client import AgentClient, new_turn_id
 from support_agent_client._errors import (
+    ActionNotPending,
     AgentError,
     ConversationBusy,
     ConversationNotFound,
@@ -54,6 +57,9 @@ from support_agent_client._errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
+    "ActionNotPending",
+    "ActionState",
     "AgentClient",
     "AgentError",
     "ChatRequest",

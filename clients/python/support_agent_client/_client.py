@@ -248,6 +248,47 @@ class AgentClient:
         )
         return response
 
+    async def confirm_action(
+        self,
+        conversation_id: str,
+        action_id: str,
+        *,
+        turn_id: str | None = None,
+        customer_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline, not an asyncio timeout)
+        request_id: str | None = None,
+    ) -> agent_pb2.ChatResponse:
+        """The customer confirmed the pending action (e.g. a button): it runs once; the reply says what
+        happened and `response.action` holds the outcome. Retried once on UNAVAILABLE with the same turn id
+        (the agent then returns the first response; it never runs twice). `ActionNotPending` when it was
+        already decided."""
+        request = agent_pb2.ConfirmActionRequest(
+            conversation_id=conversation_id, action_id=action_id, turn_id=turn_id or new_turn_id()
+        )
+        response: agent_pb2.ConfirmActionResponse = await self._unary(
+            self._agent_stub().ConfirmAction, request, self._metadata(customer_id, request_id), timeout
+        )
+        return response.response
+
+    async def decline_action(
+        self,
+        conversation_id: str,
+        action_id: str,
+        *,
+        turn_id: str | None = None,
+        customer_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline, not an asyncio timeout)
+        request_id: str | None = None,
+    ) -> agent_pb2.ChatResponse:
+        """The customer declined the pending action: it is dropped and nothing runs."""
+        request = agent_pb2.DeclineActionRequest(
+            conversation_id=conversation_id, action_id=action_id, turn_id=turn_id or new_turn_id()
+        )
+        response: agent_pb2.DeclineActionResponse = await self._unary(
+            self._agent_stub().DeclineAction, request, self._metadata(customer_id, request_id), timeout
+        )
+        return response.response
+
     async def watch(
         self,
         conversation_id: str,

@@ -94,6 +94,12 @@ class DeadlineExceeded(AgentError):  # noqa: N818 (names from the public API)
     retryable = True
 
 
+class ActionNotPending(AgentError):  # noqa: N818 (names from the public API)
+    """FAILED_PRECONDITION: confirm_action / decline_action on an action that was already run, declined,
+    replaced by a newer proposal or expired (NOT_FOUND, `ConversationNotFound`, is an action that is not in
+    the customer's conversation)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[AgentError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
     grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
@@ -104,6 +110,7 @@ _BY_CODE: dict[grpc.StatusCode, type[AgentError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.FAILED_PRECONDITION: ActionNotPending,
 }
 
 
