@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -24,21 +23,17 @@ import aiohttp
 from tools_service.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
-    NotAllowedError,
     NotFoundError,
-    WriteOutcomeUnknownError,
-    WriteRefusedError,
 )
+from tools_service.http_writes import MAX_BODY_BYTES, send_write
 from tools_service.tool_catalog import HttpEndpoint, ToolSpec
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_SECONDS = 0.05
-MAX_BODY_BYTES = 64 * 1024
 NOT_FOUND_MESSAGE = (
     "Nothing was found for that request: what the customer gave does not match anything of theirs."
 )
-_ERROR_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
 _BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
@@ -74,17 +69,6 @@ def _content(raw: bytes) -> dict[str, Any]:
     except ValueError:
         raise BackendUnavailableError("The company system sent an invalid answer.") from None
     return body if isinstance(body, dict) else {"result": body}
-
-
-def _refusal(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    message = body.get("error") if isinstance(body, dict) else None
-    if isinstance(message, str) and _ERROR_TEXT.fullmatch(message):
-        return message
-    return "The company system refused the change; nothing changed."
 
 
 class HttpTools:
@@ -152,42 +136,19 @@ class HttpTools:
         assert spec.http is not None
         endpoint = spec.http
         url, query, body = build_request(endpoint, arguments, bound)
-        reconcile = "check in the company system whether it happened before trying again"
-        headers = {**dict(endpoint.headers), "Idempotency-Key": action_id}
-        try:
-            async with self._client().request(
-                endpoint.method,
-                url,
-                params=query,
-                json=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=endpoint.timeout_seconds),
-                allow_redirects=False,
-            ) as response:
-                raw = await response.content.read(MAX_BODY_BYTES + 1)
-                status = response.status
-        except TimeoutError:
-            raise WriteOutcomeUnknownError(
-                f"The company system did not answer in time; {reconcile}."
-            ) from None
-        except aiohttp.ClientConnectorError:
-            raise WriteRefusedError("The company system could not be reached; nothing changed.") from None
-        except aiohttp.ClientError:
-            raise WriteOutcomeUnknownError(
-                f"The connection dropped during the change; {reconcile}."
-            ) from None
-        if status in (409, 422):
-            raise NotAllowedError(_refusal(raw))
-        if status == 404:
-            raise NotFoundError(NOT_FOUND_MESSAGE)
-        if status >= 500:
-            raise WriteOutcomeUnknownError(
-                f"The company system failed while handling the change; {reconcile}."
-            )
-        if not 200 <= status < 300:
-            raise WriteRefusedError(
-                f"The company system refused the request (HTTP {status}); nothing changed."
-            )
+        raw = await send_write(
+            self._client(),
+            endpoint.method,
+            url,
+            action_id=action_id,
+            system="The company system",
+            reconcile="check in the company system whether it happened before trying again",
+            not_found_message=NOT_FOUND_MESSAGE,
+            json_body=body,
+            params=query,
+            headers=dict(endpoint.headers),
+            client_timeout=aiohttp.ClientTimeout(total=endpoint.timeout_seconds),
+        )
         try:
             return _content(raw)
         except BackendUnavailableError:

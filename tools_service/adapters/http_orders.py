@@ -30,17 +30,13 @@ import aiohttp
 from tools_service.errors import (
     BackendTimeoutError,
     BackendUnavailableError,
-    NotAllowedError,
-    NotFoundError,
-    WriteOutcomeUnknownError,
-    WriteRefusedError,
 )
+from tools_service.http_writes import MAX_BODY_BYTES, PLAIN_TEXT, send_write
 from tools_service.orders import NOT_FOUND_MESSAGE, ORDER_STATUSES, Order
 
 logger = logging.getLogger(__name__)
 
 BACKOFF_SECONDS = 0.05
-MAX_BODY_BYTES = 64 * 1024
 
 
 class _RetryableError(Exception):
@@ -74,7 +70,7 @@ def _optional_int(body: dict[str, Any], key: str) -> int:
 
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_RESULT_TEXT = re.compile(r"[^\x00-\x1f\x7f]{1,300}")
+_RESULT_TEXT = PLAIN_TEXT
 _RETURN_ID = re.compile(r"[A-Za-z0-9-]{1,40}")
 # The fields of a write's answer that may reach the model, each with its shape.
 _RESULT_FIELDS = {
@@ -113,18 +109,6 @@ def _currency(body: dict[str, Any]) -> str:
     if not _CURRENCY.fullmatch(value):
         raise ValueError("currency")
     return value
-
-
-def _refusal_message(raw: bytes) -> str:
-    """The API's {"error": "..."} when it is plain text a person can read, else a generic sentence."""
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    message = body.get("error") if isinstance(body, dict) else None
-    if isinstance(message, str) and _RESULT_TEXT.fullmatch(message):
-        return message
-    return "The order system refused the change; nothing changed."
 
 
 class HttpOrderBackend:
@@ -187,33 +171,16 @@ class HttpOrderBackend:
         raise BackendUnavailableError("The order system is unavailable right now.")
 
     async def _write(self, order_id: str, what: str, body: dict[str, Any], action_id: str) -> dict[str, Any]:
-        url = f"{self._base_url}/orders/{quote(order_id, safe='')}/{what}"
-        reconcile = f"check order {order_id} in the order system before retrying"
-        try:
-            async with self._client().post(
-                url, json=body, headers={"Idempotency-Key": action_id}, allow_redirects=False
-            ) as response:
-                raw = await response.content.read(MAX_BODY_BYTES + 1)
-                status = response.status
-        except TimeoutError:
-            raise WriteOutcomeUnknownError(f"The order system did not answer in time; {reconcile}.") from None
-        except aiohttp.ClientConnectorError:
-            raise WriteRefusedError("The order system could not be reached; nothing changed.") from None
-        except aiohttp.ClientError as error:
-            logger.warning("order API write dropped: %s", type(error).__name__)
-            raise WriteOutcomeUnknownError(
-                f"The connection to the order system dropped during the change; {reconcile}."
-            ) from None
-        if status in (409, 422):
-            raise NotAllowedError(_refusal_message(raw))
-        if status == 404:
-            raise NotFoundError(NOT_FOUND_MESSAGE)
-        if status >= 500:
-            logger.warning("order API write answered HTTP %d", status)
-            raise WriteOutcomeUnknownError(f"The order system failed while handling the change; {reconcile}.")
-        if not 200 <= status < 300:
-            logger.warning("order API write answered HTTP %d", status)
-            raise WriteRefusedError(f"The order system refused the request (HTTP {status}); nothing changed.")
+        raw = await send_write(
+            self._client(),
+            "POST",
+            f"{self._base_url}/orders/{quote(order_id, safe='')}/{what}",
+            action_id=action_id,
+            system="The order system",
+            reconcile=f"check order {order_id} in the order system before retrying",
+            not_found_message=NOT_FOUND_MESSAGE,
+            json_body=body,
+        )
         try:
             answer = json.loads(raw) if raw.strip() else {}
         except ValueError:
