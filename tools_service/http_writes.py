@@ -58,6 +58,8 @@ async def send_write(
 ) -> bytes:
     """Sends the write once; returns a 2xx answer's body, else raises per the table above. `system` names the
     API in messages ("The order system"); `reconcile` says what to check when the outcome is unknown."""
+    # Without `client_timeout` the session's own timeout applies (None would switch timeouts off).
+    options: dict[str, Any] = {"timeout": client_timeout} if client_timeout is not None else {}
     try:
         async with session.request(
             method,
@@ -65,8 +67,8 @@ async def send_write(
             params=params,
             json=json_body,
             headers={**(headers or {}), "Idempotency-Key": action_id},
-            timeout=client_timeout,
             allow_redirects=False,
+            **options,
         ) as response:
             raw = await response.content.read(MAX_BODY_BYTES + 1)
             status = response.status
