@@ -78,7 +78,9 @@ _POST_NEGATION: Final[re.Pattern[str]] = re.compile(
 )
 _ANY_POST_NEGATION: Final[re.Pattern[str]] = re.compile(
     r"\b(?:is|are|would\s+be|will\s+be)\s+(?:not|n't)\s+(?:necessary|needed|required)\b"
-    r"|\b(?:isn't|aren't)\s+(?:necessary|needed|required)\b|\bunnecessary\b",
+    r"|\b(?:isn't|aren't)\s+(?:necessary|needed|required)\b|\bunnecessary\b"
+    # "I need no human", and what the lexicon makes of "ich brauche keinen Menschen" / "je n'ai pas besoin"
+    r"|\bneed\s+(?:no|nobody|no\s+one)\b|\bnot\s+need\b",
     re.IGNORECASE,
 )
 _ZERO_WIDTH: Final[dict[int, None]] = dict.fromkeys(

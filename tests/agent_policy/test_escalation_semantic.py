@@ -33,8 +33,10 @@ from agent_service.injection_detector import InjectionDetector
 from service_kit.embedding import MiniLMModel
 from service_kit.semantic_match import Vector
 from service_kit.text_normalise import translate_words
+from support_eval.suite import load_suite
 
 TUNING = Path(__file__).parent / "data" / "escalation_tuning.yaml"
+DEV_SUITE = Path(__file__).parents[2] / "evals" / "dev_saas.yaml"
 EXAMPLES = DEFAULT_RULES_PATH.with_name("escalation_examples.yaml")
 
 
@@ -118,6 +120,63 @@ def test_no_tuning_message_is_copied_into_the_examples() -> None:
     examples |= {" ".join(text.casefold().split()) for text in semantic.negatives}
     copied = [c.text for c in tuning_cases() if " ".join(c.text.casefold().split()) in examples]
     assert not copied
+
+
+def _dev_turns() -> list[tuple[str, bool]]:
+    """(message, must escalate) of every dev-suite turn that says whether it escalates."""
+    suite = load_suite(DEV_SUITE)
+    return [
+        (turn.message, bool(turn.expect.escalate))
+        for conversation in suite.conversations
+        for turn in conversation.turns
+        if turn.message and turn.expect.escalate is not None
+    ]
+
+
+def test_no_dev_suite_message_is_copied_into_the_examples() -> None:
+    """The development suite (evals/dev_saas.yaml) judges the examples; its messages are not in them."""
+    semantic = _semantic()
+    examples = {" ".join(text.casefold().split()) for _, _, texts in semantic.labels for text in texts}
+    examples |= {" ".join(text.casefold().split()) for text in semantic.negatives}
+    copied = [message for message, _ in _dev_turns() if " ".join(message.casefold().split()) in examples]
+    assert not copied
+
+
+def test_dev_suite_messages_scorecard() -> None:
+    """The backstop alone on the development suite's messages (docs/eval.md, "Development suite", quotes
+    it): no false hand-off, and at least the recall measured when the examples were last tuned, less one."""
+    tp = fp = fn = 0
+    for message, must in _dev_turns():
+        fired = policy().evaluate(message) is not None
+        tp, fp, fn = tp + (fired and must), fp + (fired and not must), fn + (must and not fired)
+    print(f"\ndev suite messages: escalated {tp}/{tp + fn}, false hand-offs {fp}")
+    assert fp == 0
+    assert tp >= 19 and tp + fn >= 20
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "I need no human, just the invoice",
+        "Ich brauche keinen Mitarbeiter, nur die Rechnung",
+        "je n'ai pas besoin d'un humain, juste la facture",
+        "não preciso de atendente, só da fatura",
+    ],
+)
+def test_a_request_for_nobody_is_a_negation_in_any_language(message: str) -> None:
+    assert policy().evaluate(message) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        ("I need a human, no more bots", "human_request"),
+        ("Ich brauche einen Menschen, bitte", "human_request"),
+    ],
+)
+def test_needing_a_person_still_escalates(message: str, category: str) -> None:
+    decision = policy().evaluate(message)
+    assert decision is not None and _category(decision) == category, decision
 
 
 # --- disguise ------------------------------------------------------------------------------------------------
