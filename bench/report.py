@@ -77,7 +77,7 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.0f}"
     if unit == "x":
         return f"{value:.2f} x"
-    if unit in {"turns/s", "chunks/s"}:
+    if unit in {"turns/s", "chunks/s", "searches/s"}:
         return f"{value:.1f} {unit}"
     if unit == "MB":
         return f"{value:.0f} MB"

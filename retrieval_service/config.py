@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from retrieval_service.query_batcher import DEFAULT_MAX_BATCH
 from retrieval_service.relevance import FALLBACK_THRESHOLD
 from service_kit.auth import AuthConfig
 from service_kit.env import ConfigError, env_float, env_int, env_list, env_opt, env_str
@@ -37,6 +38,8 @@ class Config:
     chunk_max_tokens: int = 254
     chunk_overlap_tokens: int = 40
     embed_threads: int = 1
+    # At most this many concurrent searches share one query-embedding pass; 1: no batching.
+    query_batch: int = DEFAULT_MAX_BATCH
     extra_filter_keys: tuple[str, ...] = ()
     log_level: str = "INFO"
     # Principals (service_kit.auth): AUTH_CREDENTIALS_FILE / AUTH_TOKENS_<ROLE>, or AUTH_DISABLED=true.
@@ -69,6 +72,7 @@ class Config:
             chunk_max_tokens=env_int("RETRIEVAL_CHUNK_MAX_TOKENS", 254, env, minimum=1),
             chunk_overlap_tokens=env_int("RETRIEVAL_CHUNK_OVERLAP_TOKENS", 40, env, minimum=0),
             embed_threads=env_int("RETRIEVAL_EMBED_THREADS", 1, env, minimum=1),
+            query_batch=env_int("RETRIEVAL_QUERY_BATCH", DEFAULT_MAX_BATCH, env, minimum=1),
             extra_filter_keys=env_list("RETRIEVAL_FILTER_KEYS", (), env),
             log_level=env_str("LOG_LEVEL", "INFO", env),
             auth=AuthConfig.from_env(env),

@@ -8,6 +8,7 @@ process; across replicas they are idempotent because chunk ids derive from conte
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
@@ -18,7 +19,6 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from retrieval_service.adapters.chroma_store import ChromaStore, Metadata
 from retrieval_service.adapters.embedding import MiniLMEmbedding
@@ -34,6 +34,7 @@ from retrieval_service.chunking import (
 from retrieval_service.errors import InvalidArgumentError
 from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS, SnapshotManager
 from retrieval_service.lexical_index import reciprocal_rank_fusion
+from retrieval_service.query_batcher import DEFAULT_MAX_BATCH, QueryBatcher
 from retrieval_service.relevance import (
     FALLBACK_THRESHOLD,
     SOURCE_CONFIGURED,
@@ -42,6 +43,7 @@ from retrieval_service.relevance import (
     Threshold,
     is_relevant,
 )
+from service_kit.embedding import Vector
 
 logger = logging.getLogger(__name__)
 
@@ -223,14 +225,20 @@ class KnowledgeBase:
         chunking: ChunkingOptions | None = None,
         *,
         sync_index_max_chunks: int = SYNC_MAX_CHUNKS,
+        query_batch: int = DEFAULT_MAX_BATCH,
     ) -> None:
         """`sync_index_max_chunks`: up to this many chunks a search rebuilds a stale lexical index itself;
-        above, it is rebuilt in the background (retrieval_service.kb_snapshot)."""
+        above, it is rebuilt in the background (retrieval_service.kb_snapshot). `query_batch`: at most this
+        many concurrent searches share one query-embedding pass (retrieval_service.query_batcher); 1: each
+        search embeds its own query in its own worker thread."""
         self._store = store
         self._embedding = embedding
         self.limits = limits or Limits()
         self._chunking = chunking or ChunkingOptions()
         self._write_lock = asyncio.Lock()
+        self._queries = (
+            QueryBatcher(embedding.embed_batch, max_batch=query_batch) if query_batch > 1 else None
+        )
         self._snapshots = SnapshotManager(
             store, embedding, self.limits.filter_keys, sync_max_chunks=sync_index_max_chunks
         )
@@ -412,7 +420,15 @@ class KnowledgeBase:
             raise InvalidArgumentError("max_distance", f"{max_distance} is outside 0..2 (cosine distance)")
         where = self._where(filters or {})
         k = self.limits.default_top_k if top_k is None else top_k
-        return await asyncio.to_thread(self._search_sync, text, k, dict(filters or {}), where, max_distance)
+        search = functools.partial(self._search_by_vector, text, k, dict(filters or {}), where, max_distance)
+        if self._queries is not None:
+            return await self._queries.run(text, search)
+        return await asyncio.to_thread(lambda: search(self._embedding.embed_batch([text])[0]))
+
+    @property
+    def query_batcher(self) -> QueryBatcher | None:
+        """The batcher concurrent searches share their query embedding through (None: batching is off)."""
+        return self._queries
 
     def _threshold(self, requested: float | None, calibrated: Threshold | None) -> Threshold:
         if requested is not None:
@@ -421,26 +437,25 @@ class KnowledgeBase:
             return Threshold(self.limits.default_max_distance, SOURCE_CONFIGURED)
         return calibrated or Threshold(FALLBACK_THRESHOLD, SOURCE_FALLBACK)
 
-    def _search_sync(
+    def _search_by_vector(
         self,
         query: str,
         k: int,
         filters: dict[str, str],
         where: dict[str, Any] | None,
         requested: float | None,
+        vector: Vector,
     ) -> SearchResult:
+        """The search proper, in a worker thread, once the query is embedded."""
         snapshot = self._snapshots.current()
         threshold = self._threshold(requested, snapshot.threshold if snapshot else None)
-        vector = self._embedding.embed_batch([query])[0]
         wanted = max(k, CANDIDATES)
-        dense_hits = self._store.query(vector, wanted, where)
-        dense = [(item.chunk_id, item.distance) for item in dense_hits]
+        # Ids and distances only: the texts and metadata are fetched below for the pool alone (Chroma reads
+        # them from SQLite per result, the larger part of a query's cost for 20 candidates).
+        dense = self._store.query_many([vector], wanted, where)[0]
         lexical = snapshot.lexical.search(query, wanted, filters) if snapshot else []
         dense_rank = {chunk_id: rank for rank, (chunk_id, _) in enumerate(dense, start=1)}
         distance = dict(dense)
-        stored: dict[str, tuple[str, Metadata, npt.NDArray[np.float32] | None]] = {
-            item.chunk_id: (item.text, item.metadata, None) for item in dense_hits
-        }
         lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}
         codes = {hit.chunk_id: hit.codes for hit in lexical}
         fused = reciprocal_rank_fusion(
@@ -448,13 +463,13 @@ class KnowledgeBase:
         )
         # Fetch a few more than k: the final order may still move a far-off lexical candidate behind them.
         pool = fused[: k + POOL_EXTRA]
-        # Lexical-only candidates: text, metadata and vector from Chroma (which also drops chunks that are gone).
-        missing = [chunk_id for chunk_id, _ in pool if chunk_id not in stored]
-        if missing:
-            fetched = self._store.get_chunks(missing, where, with_embeddings=True)
-            if len(fetched) < len(missing):
-                self._snapshots.invalidate()  # the lexical index named a chunk that is gone: refresh it
-            stored.update(fetched)
+        # Text and metadata of the pool, in one read; vectors only for lexical-only candidates (their distance).
+        # Chroma also drops chunks that are gone.
+        pool_ids = [chunk_id for chunk_id, _ in pool]
+        lexical_only = any(chunk_id not in distance for chunk_id in pool_ids)
+        stored = self._store.get_chunks(pool_ids, where, with_embeddings=lexical_only)
+        if len(stored) < len(pool_ids):
+            self._snapshots.invalidate()  # the lexical index named a chunk that is gone: refresh it
         candidates: list[Hit] = []
         for chunk_id, score in pool:
             if chunk_id not in stored:

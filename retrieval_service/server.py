@@ -99,7 +99,14 @@ def build_knowledge_base(
         max_tokens=config.chunk_max_tokens,
         overlap_tokens=config.chunk_overlap_tokens,
     )
-    return KnowledgeBase(store, model, limits, chunking, sync_index_max_chunks=sync_index_max_chunks)
+    return KnowledgeBase(
+        store,
+        model,
+        limits,
+        chunking,
+        sync_index_max_chunks=sync_index_max_chunks,
+        query_batch=config.query_batch,
+    )
 
 
 async def start_server(config: Config, embedding: MiniLMEmbedding | None = None) -> StartedServer:

@@ -5,10 +5,10 @@
 | startup   | launch of all three services -> all SERVING (existing KB); idle RSS of the three       |
 | overhead  | sequential Chat turns on a zero-latency model vs the in-process seed loop (interleaved) |
 | streaming | model's first content token -> caller's first StreamChat text_delta                     |
-| capacity  | N concurrent conversations, model latency L per call, two model calls per turn         |
+| capacity  | N conversations, model latency L per call, 2 calls per turn; stack vs the seed loop     |
 | shedding  | MAX_CONCURRENT_TURNS small, a burst above it: RESOURCE_EXHAUSTED and how fast           |
 | floors    | one gRPC round trip, one openai client call vs a raw POST, one embedding, one Chroma query |
-| retrieval | `python -m bench.retrieval` (ingest throughput, Search latency at 100k chunks)          |
+| retrieval | `python -m bench.retrieval` (ingest, Search at 100k chunks vs its in-process floor)     |
 | watch     | human reply -> customer's WatchConversation event (p95); memory of idle watch streams   |
 """
 

@@ -52,7 +52,16 @@ class Settings:
             capacity_warmup_seconds=2.0,
             stream_turns=40,
             startup_repeats=1,
-            retrieval_args=("--chunks", "10000", "--ingest-chunks", "200", "--queries", "200"),
+            retrieval_args=(
+                "--chunks",
+                "10000",
+                "--ingest-chunks",
+                "200",
+                "--queries",
+                "200",
+                "--concurrent-seconds",
+                "5",
+            ),
         )
 
     @classmethod
@@ -81,6 +90,10 @@ class Settings:
                 "10",
                 "--queries",
                 "10",
+                "--concurrency",
+                "4",
+                "--concurrent-seconds",
+                "0.5",
             ),
         )
 

@@ -47,14 +47,22 @@ def test_bench_runs_every_scenario_at_toy_size(tmp_path: Path) -> None:
         assert figure["verdict"] in {"PASS", "MISS", "INFO"}, figure
         assert isinstance(figure["measured"], float | int), figure
     targeted = {(figure["scenario"], figure["name"]) for figure in figures if figure["target"]}
+    # Every headline target is a ratio to a baseline measured in the same run.
     assert ("overhead", "stack/reference p50 ratio") in targeted
-    assert ("capacity", "throughput, back-to-back turns") in targeted
+    assert ("overhead", "stack/reference p99 ratio") in targeted
+    assert ("overhead", "CPU per turn ratio: three services / monolith") in targeted
+    assert ("capacity", "throughput ratio: stack / seed loop") in targeted
+    assert ("capacity", "turn p99, back-to-back") in targeted
     assert ("streaming", "model first token -> first text_delta p95") in targeted
     assert ("startup", "idle RSS, three services") in targeted
     by_name = {figure["name"]: figure for figure in figures}
     # The scripted turns really ran: no invalid overhead turns, no capacity errors, the burst was shed.
     assert by_name["turn p50, stack (gRPC Chat)"]["details"]["problems"] == {}
     assert by_name["errors"]["measured"] == 0
+    # The seed loop ran under the same load beside the stack, and its turns were the scripted ones too.
+    throughput = by_name["throughput, back-to-back turns"]
+    assert throughput["baseline"] > 0
+    assert throughput["details"]["reference"]["errors"] == {}
     assert by_name["calls answered RESOURCE_EXHAUSTED"]["measured"] >= 1
     assert document["machine"]["cpu_count"] >= 1
     assert document["settings"]["overhead_turns"] == 4
