@@ -441,3 +441,22 @@ def test_scorecard() -> None:
         f"{statistics.median(cold_ms):.1f}"
     )
     print("\n" + "\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    ("message", "escalates"),
+    [
+        # A question that quotes a card number is a question, not a stolen card.
+        (
+            "Hi, my email is jane.doe@example.com and my card is 4111 1111 1111 1111. How long does shipping take?",
+            False,
+        ),
+        ("My card 4111 1111 1111 1111 and phone +1 (415) 555-0100, when does my parcel leave?", False),
+        # The words still decide: a stolen card with its number is still fraud.
+        ("someone used my card 4111 1111 1111 1111 on your site and it wasn't me", True),
+    ],
+)
+def test_card_numbers_and_contact_details_do_not_decide_the_semantic_layer(
+    message: str, escalates: bool
+) -> None:
+    assert (policy().evaluate(message) is not None) is escalates
