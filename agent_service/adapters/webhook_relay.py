@@ -21,6 +21,7 @@ publishes them with `PublishConversationEvents`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -46,6 +47,7 @@ LEASE_NAME = "webhook relay"
 LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.5
 IDLE_SECONDS = 30.0
+STOP_SECONDS = 2.0
 BATCH_EVENTS = 200
 CURSOR_PREFIX = "webhook:"
 # The ticket events already are these webhooks (ticket.claimed, ticket.message_added, ticket.resolved).
@@ -106,8 +108,10 @@ class ConversationEventRelay:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._holding:
-            await asyncio.gather(self._store.release_lock(LEASE_NAME, self._holder), return_exceptions=True)
             self._holding = False
+            # Best effort and bounded: an unreleased lease lapses by itself after LEASE_SECONDS.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._store.release_lock(LEASE_NAME, self._holder), STOP_SECONDS)
 
     async def _run(self) -> None:
         while True:
