@@ -54,12 +54,16 @@ class TicketEventFollower:
         self._stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         self._log = log
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.handled = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ticket-event-follower")
 
     async def stop(self) -> None:
+        # grpc.aio turns the cancellation of a task awaiting the stream into AioRpcError(CANCELLED), which the
+        # loop would take for a dropped stream and reopen: the flag ends the loop whatever it became.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -67,7 +71,7 @@ class TicketEventFollower:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 await self._follow()
                 failures = 0
@@ -83,6 +87,8 @@ class TicketEventFollower:
             except Exception:
                 logger.exception("following the ticket event feed failed; retrying")
                 failures += 1
+            if self._stopping:
+                return
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
 
     async def _follow(self) -> None:

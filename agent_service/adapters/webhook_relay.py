@@ -97,12 +97,16 @@ class ConversationEventRelay:
         # The change feed's position; None: read it from the beginning (after taking the lease).
         self._position: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.relayed = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="conversation-event-relay")
 
     async def stop(self) -> None:
+        # grpc.aio turns the cancellation of a task awaiting an RPC into AioRpcError(CANCELLED), which the loop
+        # would log and retry: the flag ends the loop whatever the cancellation became.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -114,7 +118,7 @@ class ConversationEventRelay:
                 await asyncio.wait_for(self._store.release_lock(LEASE_NAME, self._holder), STOP_SECONDS)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             delay = self._poll
             try:
                 if await self._lease():
@@ -127,6 +131,8 @@ class ConversationEventRelay:
                 )
             except Exception:
                 logger.exception("relaying conversation events failed; retrying")
+            if self._stopping:
+                return
             await asyncio.sleep(delay)
 
     async def _lease(self) -> bool:
