@@ -16,6 +16,7 @@ import logging
 
 import grpc
 
+from agent_service.adapters.background_loop import BackgroundLoop
 from agent_service.conversation_events import EventLog, TicketChange, events_of_ticket_change
 from service_kit.codes import MESSAGE_AUTHOR
 from support.v1 import tools_pb2, tools_pb2_grpc
@@ -49,29 +50,22 @@ def ticket_change(event: tools_pb2.TicketEvent) -> TicketChange:
     )
 
 
-class TicketEventFollower:
+class TicketEventFollower(BackgroundLoop):
     def __init__(self, channel: grpc.aio.Channel, log: EventLog) -> None:
+        super().__init__()
         self._stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         self._log = log
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self.handled = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="ticket-event-follower")
+        self._start(self._run(), "ticket-event-follower")
 
     async def stop(self) -> None:
-        # grpc.aio turns the cancellation of a task awaiting the stream into AioRpcError(CANCELLED), which the
-        # loop would take for a dropped stream and reopen: the flag ends the loop whatever it became.
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._stop_loop()
 
     async def _run(self) -> None:
         failures = 0
-        while not self._stopping:
+        while not self.stopping:
             try:
                 await self._follow()
                 failures = 0
@@ -87,7 +81,7 @@ class TicketEventFollower:
             except Exception:
                 logger.exception("following the ticket event feed failed; retrying")
                 failures += 1
-            if self._stopping:
+            if self.stopping:
                 return
             await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
 

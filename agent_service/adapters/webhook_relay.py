@@ -30,6 +30,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import timestamp_pb2
 
+from agent_service.adapters.background_loop import BackgroundLoop
 from agent_service.conversation_events import (
     HUMAN_REPLY,
     TICKET_CLAIMED,
@@ -75,7 +76,7 @@ def webhook_event(event: ConversationEvent, customer_id: str) -> tools_pb2.Conve
     )
 
 
-class ConversationEventRelay:
+class ConversationEventRelay(BackgroundLoop):
     def __init__(
         self,
         channel: grpc.aio.Channel,
@@ -86,6 +87,7 @@ class ConversationEventRelay:
         idle_seconds: float = IDLE_SECONDS,
         timeout_seconds: float = 10.0,
     ) -> None:
+        super().__init__()
         self._stub = tools_pb2_grpc.ToolsServiceStub(channel)  # type: ignore[no-untyped-call]
         self._log = log
         self._store = store
@@ -96,21 +98,13 @@ class ConversationEventRelay:
         self._holding = False
         # The change feed's position; None: read it from the beginning (after taking the lease).
         self._position: str | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self.relayed = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="conversation-event-relay")
+        self._start(self._run(), "conversation-event-relay")
 
     async def stop(self) -> None:
-        # grpc.aio turns the cancellation of a task awaiting an RPC into AioRpcError(CANCELLED), which the loop
-        # would log and retry: the flag ends the loop whatever the cancellation became.
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._stop_loop()
         if self._holding:
             self._holding = False
             # Best effort and bounded: an unreleased lease lapses by itself after LEASE_SECONDS.
@@ -118,7 +112,7 @@ class ConversationEventRelay:
                 await asyncio.wait_for(self._store.release_lock(LEASE_NAME, self._holder), STOP_SECONDS)
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while not self.stopping:
             delay = self._poll
             try:
                 if await self._lease():
@@ -131,7 +125,7 @@ class ConversationEventRelay:
                 )
             except Exception:
                 logger.exception("relaying conversation events failed; retrying")
-            if self._stopping:
+            if self.stopping:
                 return
             await asyncio.sleep(delay)
 
