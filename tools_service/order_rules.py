@@ -41,6 +41,11 @@ def _contents(order: Order) -> str:
     return f" ({items}, {format_money(order.total_cents, order.currency)})"
 
 
+def utc_today() -> dt.date:
+    """The day the return window is counted in: UTC, wherever the service runs."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 # ---- cancel ------------------------------------------------------------------------------------------------
 
 

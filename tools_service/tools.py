@@ -142,10 +142,6 @@ def failure_for(error: Exception) -> ToolFailure:
             return ToolFailure("internal", "The tool failed unexpectedly.", retryable=False)
 
 
-def _utc_today() -> dt.date:
-    return dt.datetime.now(dt.UTC).date()
-
-
 class ToolRunner:
     def __init__(
         self,
@@ -159,7 +155,7 @@ class ToolRunner:
         order_writer: OrderWriter | None = None,
         http_tools: HttpTools | None = None,
         return_window_days: int = order_rules.RETURN_WINDOW_DAYS,
-        today: Callable[[], dt.date] = _utc_today,
+        today: Callable[[], dt.date] = order_rules.utc_today,
     ) -> None:
         self._orders = orders
         self._tickets = tickets

@@ -94,7 +94,7 @@ class SqliteOrderBackend:
     def __init__(
         self,
         db: SqliteDatabase,
-        today: Callable[[], dt.date] = dt.date.today,
+        today: Callable[[], dt.date] = order_rules.utc_today,
         return_window_days: int = order_rules.RETURN_WINDOW_DAYS,
     ) -> None:
         self._db = db
