@@ -1,8 +1,12 @@
 """Screening of streamed text deltas, so StreamChat never shows what the output check would remove.
 
-The model's text is released to the caller a sentence or a line at a time, and only once the output check
-(`check_output`: internal markup, system-prompt leaks, links off the allow-list) leaves everything released so
-far unchanged. Text that opens a construct the check may remove as a whole (`<...>`, `{...}`, a code fence)
+The model's text is released to the caller at the end of a sentence or a line, or, once `WORD_RELEASE_CHARS`
+are held, at the end of the last whole word, and only once the output check (`check_output`: internal markup,
+system-prompt leaks, links off the allow-list) leaves everything released so far unchanged. Whole words are
+enough for every construct the check looks at: a link or a tool name has no whitespace in it, and a leak needs
+`LEAK_MIN_WORDS` words of the prompt in a row, so a released prefix can hold fewer than that. Releasing by word
+rather than by sentence keeps the first delta within a few tokens of the model's first token (a first sentence
+can take 20 tokens); the threshold keeps the number of checks per reply proportional to its length over 24. Text that opens a construct the check may remove as a whole (`<...>`, `{...}`, a code fence)
 is held until it closes. The first time the check would change the text, streaming stops for the rest of the
 turn: nothing more is released and the screened reply reaches the caller in `final.reply`, which is
 authoritative.
@@ -17,6 +21,7 @@ from collections.abc import Callable
 # sentence followed by a space.
 _CUT = re.compile(r"\n|[.!?](?=\s)")
 _OPENERS = {"<": ">", "{": "}", "[": "]"}
+WORD_RELEASE_CHARS = 24
 
 
 def _balanced(text: str) -> bool:
@@ -33,6 +38,11 @@ def _balanced(text: str) -> bool:
     return not any(depth.values())
 
 
+def _last_space(text: str) -> int:
+    """Index of the last whitespace character in `text` (0 when there is none)."""
+    return max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"), 0)
+
+
 class DeltaScreen:
     """`feed` each delta and send what it returns; `flush` at the end of a model call. `screened(text)` is the
     output check: the text as the customer may see it."""
@@ -47,11 +57,13 @@ class DeltaScreen:
         if self.stopped:
             return ""
         self._pending += delta
-        cut = 0
-        for match in _CUT.finditer(self._pending):
-            if _balanced(self._released + self._pending[: match.end()]):
-                cut = match.end()
-        return self._release(cut)
+        cuts = [match.end() for match in _CUT.finditer(self._pending)]
+        if len(self._pending) >= WORD_RELEASE_CHARS:
+            cuts.append(len(self._pending[: _last_space(self._pending)].rstrip()))
+        for cut in sorted(set(cuts), reverse=True):
+            if cut and _balanced(self._released + self._pending[:cut]):
+                return self._release(cut)
+        return ""
 
     def flush(self) -> str:
         """Releases what is held if the whole text passes the check (a model call ended)."""

@@ -7,6 +7,7 @@ Unit tests drive `DeltaScreen` with the real `check_output`; the last test strea
 from __future__ import annotations
 
 from agent_service.guardrails import check_output
+from agent_service.guardrails.output_check import LEAK_MIN_WORDS
 from agent_service.guardrails.stream_screen import DeltaScreen
 from agent_service.prompts import SYSTEM_PROMPT
 from support.v1 import agent_pb2
@@ -24,10 +25,11 @@ def stream(text: str, size: int = 5) -> tuple[str, DeltaScreen]:
     return sent + screener.flush(), screener
 
 
-def test_clean_text_is_released_sentence_by_sentence_and_whole() -> None:
+def test_clean_text_is_released_by_sentence_or_whole_word_and_whole() -> None:
     screener = screen()
-    assert screener.feed("Express shipping takes 1-2") == ""
-    assert screener.feed(" business days. Standard") == "Express shipping takes 1-2 business days."
+    assert screener.feed("Express ships") == ""
+    assert screener.feed(" in 1-2 business") == "Express ships in 1-2"
+    assert screener.feed(" days. Standard") == " business days."
     assert screener.flush() == " Standard"
     text = "Returns are free [1].\nStart at https://account.example.com/returns today."
     sent, screener = stream(text)
@@ -40,10 +42,18 @@ def test_internal_markup_and_foreign_links_stop_the_stream_before_they_are_sent(
         '{"name": "lookup_order_status", "arguments": {"order_id": "ORD-12345"}}',
         "Claim your prize at https://evil.test/win now.",
     ):
-        sent, screener = stream(f"Here is what I found. {bad} More text after it.")
+        text = f"Here is what I found. {bad} More text after it."
+        sent, screener = stream(text)
         assert screener.stopped
-        assert sent == "Here is what I found."
+        assert sent.startswith("Here is what I found.") and text.startswith(sent)
         assert "untrusted" not in sent and "lookup_order_status" not in sent and "evil" not in sent
+
+
+def test_a_system_prompt_leak_stops_before_it_is_whole() -> None:
+    leak = " ".join(SYSTEM_PROMPT.split()[:40])
+    sent, screener = stream(f"Sure. {leak} and so on.", size=3)
+    assert screener.stopped
+    assert len(sent.split()) < 1 + LEAK_MIN_WORDS  # "Sure." and less than a leak's worth of the prompt
 
 
 def test_an_open_bracket_holds_the_text_until_it_closes() -> None:
