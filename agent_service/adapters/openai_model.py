@@ -1,8 +1,8 @@
-"""The model port over any OpenAI-compatible Chat Completions endpoint, through `openai.AsyncOpenAI`.
+"""The model port over any OpenAI-compatible Chat Completions endpoint (the wire: `chat_completions_http`).
 
 Streaming and non-streaming; streamed tool-call deltas are assembled by their `index`. Transient failures
 (429, 5xx, timeouts, connection errors, malformed replies) are retried with exponential backoff and jitter —
-by us, not the client (`max_retries=0`), so the policy is in one place. A stream is only retried before its
+by this adapter alone, so the policy is in one place. A stream is only retried before its
 first text chunk went out; after that a failure is final for this call. Anything left raises
 `ModelUnavailableError`, which the circuit breaker turns into a fallback answer.
 
@@ -31,6 +31,7 @@ calls and results written as text (`inline_tool_messages`): the model then answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,11 +43,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
-from openai import AsyncOpenAI, AsyncStream, DefaultAioHttpClient
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
 from agent_service import metrics
+from agent_service.adapters.chat_completions_http import (
+    ChatCompletionsClient,
+    ChatConnectionError,
+    ChatHTTPError,
+    StreamReportedError,
+)
 from agent_service.errors import ModelOutOfTimeError, ModelRequestError, ModelUnavailableError
 from agent_service.model_port import ModelEvent, ModelRequest, ModelResult, TextChunk, ToolCallRequest
 from agent_service.prompts import ContextPlacement, place_context
@@ -127,14 +130,22 @@ def _has_separate_context(messages: Sequence[Mapping[str, Any]]) -> bool:
     return any(message.get("role") == "system" for message in list(messages)[1:])
 
 
-def _cached_tokens(usage: object, extra: Mapping[str, Any] | None) -> int:
-    """Prompt tokens the server served from its cache: the OpenAI usage field when present, else llama.cpp's
-    `timings.cache_n`; 0 when the server says neither."""
-    details = getattr(usage, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None)
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _tokens(usage: Mapping[str, Any], key: str) -> int:
+    value = usage.get(key)
+    return value if isinstance(value, int) else 0
+
+
+def _cached_tokens(reply: Mapping[str, Any]) -> int:
+    """Prompt tokens the server served from its cache, from a completion or a stream event: the OpenAI usage
+    field when present, else llama.cpp's `timings.cache_n`; 0 when the server says neither."""
+    cached = _mapping(_mapping(reply.get("usage")).get("prompt_tokens_details")).get("cached_tokens")
     if isinstance(cached, int):
         return cached
-    timings = (extra or {}).get("timings")
+    timings = reply.get("timings")
     if isinstance(timings, Mapping) and isinstance(timings.get("cache_n"), int):
         return int(timings["cache_n"])
     return 0
@@ -145,7 +156,7 @@ class _EmptyStreamError(ValueError):
 
 
 def _request_shape_error(error: BaseException) -> bool:
-    return isinstance(error, openai.APIStatusError) and error.status_code in (400, 422)
+    return isinstance(error, ChatHTTPError) and error.status_code in (400, 422)
 
 
 def _server_message(error: BaseException) -> str:
@@ -160,24 +171,15 @@ def _server_message(error: BaseException) -> str:
 
 
 def _transient(error: BaseException) -> bool:
-    if isinstance(error, openai.APIStatusError):
+    if isinstance(error, ChatHTTPError):
         return error.status_code == 429 or error.status_code >= 500
-    # Timeouts, connection errors, bodies that do not parse.
-    return isinstance(
-        error,
-        openai.APITimeoutError
-        | openai.APIConnectionError
-        | openai.APIResponseValidationError
-        | ValueError
-        | TimeoutError,
-    )
+    # Timeouts, connection errors, bodies that do not parse. An error reported inside a 200 stream is not.
+    return isinstance(error, ChatConnectionError | ValueError | TimeoutError)
 
 
 def _retry_after(error: BaseException) -> float:
     """The server's Retry-After (seconds) on a 429/503, capped at MAX_BACKOFF_SECONDS; 0 when absent."""
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None)
-    raw = headers.get("retry-after") if headers is not None else None
+    raw = error.retry_after if isinstance(error, ChatHTTPError) else None
     try:
         return min(MAX_BACKOFF_SECONDS, max(0.0, float(raw))) if raw else 0.0
     except ValueError:
@@ -206,7 +208,6 @@ class OpenAIModel:
         max_retries: int = 2,
         backoff_seconds: float = 0.25,
         context_placement: ContextPlacement = ContextPlacement.AUTO,
-        client: AsyncOpenAI | None = None,
     ) -> None:
         self._model = model
         self._placement = ContextPlacement(context_placement)
@@ -215,13 +216,7 @@ class OpenAIModel:
         self._max_tokens = max_tokens
         self._max_retries = max_retries
         self._backoff = backoff_seconds
-        self._client = client or AsyncOpenAI(
-            api_key=api_key or "unused",
-            base_url=base_url,
-            timeout=timeout_seconds,
-            max_retries=0,
-            http_client=DefaultAioHttpClient(),
-        )
+        self._client = ChatCompletionsClient(base_url, api_key)
         # What this adapter (one per base URL and model) learned the server's chat template needs: the KB
         # context merged into the system message (`auto` only), portable tool-call ids. Empty until a refused
         # request was accepted once adapted.
@@ -325,22 +320,25 @@ class OpenAIModel:
                         "model request shape adapted",
                         extra={
                             "model": self._model,
-                            "base_url": str(self._client.base_url),
+                            "base_url": self._client.base_url,
                             "adaptations": sorted(adaptations),
                         },
                     )
                 return
-            except openai.OpenAIError as error:
+            except (ChatHTTPError, ChatConnectionError, StreamReportedError) as error:
                 failure: BaseException = error
-            except (ValueError, TimeoutError) as error:  # a body that is not JSON; out of time
+            except (
+                ValueError,
+                TimeoutError,
+            ) as error:  # a body that is not JSON or not a completion; out of time
                 failure = error
-            timed_out = isinstance(failure, openai.APITimeoutError | TimeoutError)
+            timed_out = isinstance(failure, TimeoutError)
             metrics.record_model_call(
                 self._model, time.perf_counter() - started, outcome="timeout" if timed_out else "error"
             )
             shape_error = _request_shape_error(failure)
             template_error = (
-                isinstance(failure, openai.APIStatusError)
+                isinstance(failure, ChatHTTPError)
                 and failure.status_code >= 500
                 and bool(_TEMPLATE_ERROR.search(_server_message(failure)))
             )
@@ -411,47 +409,32 @@ class OpenAIModel:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    async def _post(
-        self, request: ModelRequest, messages: list[dict[str, Any]], seconds: float, stream: bool
-    ) -> Any:
-        """POST /chat/completions through the client's own request path (auth, headers, timeouts, error types,
-        response parsing), with a body we build as plain JSON. `chat.completions.create` would first walk every
-        message through the client's TypedDict transform, which leaves such a body unchanged and cost
-        1.3-2.9 ms of CPU per call here (BENCHMARKS.md)."""
-        return await self._client.post(
-            "/chat/completions",
-            body=self._body(request, messages, stream),
-            options={"timeout": seconds},
-            cast_to=ChatCompletion,
-            stream=stream,
-            stream_cls=AsyncStream[ChatCompletionChunk],
-        )
-
     async def _complete_once(
         self, request: ModelRequest, messages: list[dict[str, Any]], seconds: float
     ) -> ModelResult:
-        completion = await self._post(request, messages, seconds, stream=False)
-        if not completion.choices:
+        completion = await self._client.complete(self._body(request, messages, stream=False), seconds)
+        choices = completion.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
             raise ValueError("completion without choices")
-        message = completion.choices[0].message
+        message = _mapping(choices[0].get("message"))
         calls = tuple(
-            ToolCallRequest(call.id, call.function.name, call.function.arguments or "")
-            for call in (message.tool_calls or ())
-            if getattr(call, "function", None) is not None
+            ToolCallRequest(str(call.get("id") or ""), str(function.get("name") or ""), _arguments(function))
+            for call in (message.get("tool_calls") or ())
+            if isinstance(call, Mapping) and (function := _mapping(call.get("function")))
         )
-        content = message.content or ""
+        content = _text(message.get("content"))
         if not calls:
             text_call = tool_call_in_text(content, request.tools)
             if text_call is not None:
                 calls, content = (text_call,), ""
-        usage = completion.usage
+        usage = _mapping(completion.get("usage"))
         return ModelResult(
             content=content,
             tool_calls=calls,
-            model=completion.model or self._model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            cached_tokens=_cached_tokens(usage, completion.model_extra),
+            model=_text(completion.get("model")) or self._model,
+            prompt_tokens=_tokens(usage, "prompt_tokens"),
+            completion_tokens=_tokens(usage, "completion_tokens"),
+            cached_tokens=_cached_tokens(completion),
         )
 
     async def _stream_once(
@@ -461,50 +444,52 @@ class OpenAIModel:
         Text that may be a tool call written as JSON (it starts with "{", a ``` fence or a <tool_call> tag) is
         held back until it is known."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout_at(until):
-            stream: AsyncStream[ChatCompletionChunk] = await self._post(
-                request, messages, max(0.001, until - loop.time()), stream=True
-            )
         text: list[str] = []
         held = True  # while the text so far may still be a tool call written as text
         calls: dict[int, _PartialCall] = {}
         model_name = self._model
         prompt_tokens = completion_tokens = cached_tokens = 0
         finished = False
-        iterator = aiter(stream)
-        while True:
-            async with asyncio.timeout_at(until):
-                try:
-                    chunk = await anext(iterator)
-                except StopAsyncIteration:
-                    break
-            model_name = chunk.model or model_name
-            if chunk.usage is not None:
-                prompt_tokens = chunk.usage.prompt_tokens
-                completion_tokens = chunk.usage.completion_tokens
-            cached_tokens = _cached_tokens(chunk.usage, chunk.model_extra) or cached_tokens
-            for choice in chunk.choices:
-                delta = choice.delta
-                finished = finished or bool(choice.finish_reason)
-                if delta.content:
-                    text.append(delta.content)
-                    if held:
-                        held = _may_be_tool_call("".join(text))
-                        if not held:
-                            yield TextChunk("".join(text))
-                    else:
-                        yield TextChunk(delta.content)
-                for call_delta in delta.tool_calls or ():
-                    index = call_delta.index if call_delta.index is not None else 0
-                    partial = calls.setdefault(index, _PartialCall())
-                    if call_delta.id:
-                        partial.id = call_delta.id
-                    function = call_delta.function
-                    if function is not None:
-                        if function.name:
-                            partial.name += function.name
-                        if function.arguments:
-                            partial.arguments.append(function.arguments)
+        body = self._body(request, messages, stream=True)
+        async with contextlib.aclosing(self._client.stream(body, max(0.001, until - loop.time()))) as events:
+            while True:
+                async with asyncio.timeout_at(until):
+                    try:
+                        chunk = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                model_name = _text(chunk.get("model")) or model_name
+                usage = chunk.get("usage")
+                if isinstance(usage, Mapping):
+                    prompt_tokens = _tokens(usage, "prompt_tokens")
+                    completion_tokens = _tokens(usage, "completion_tokens")
+                cached_tokens = _cached_tokens(chunk) or cached_tokens
+                for choice in chunk.get("choices") or ():
+                    if not isinstance(choice, Mapping):
+                        raise ValueError("a stream choice is not a JSON object")
+                    delta = _mapping(choice.get("delta"))
+                    finished = finished or bool(choice.get("finish_reason"))
+                    piece = _text(delta.get("content"))
+                    if piece:
+                        text.append(piece)
+                        if held:
+                            held = _may_be_tool_call("".join(text))
+                            if not held:
+                                yield TextChunk("".join(text))
+                        else:
+                            yield TextChunk(piece)
+                    for call_delta in delta.get("tool_calls") or ():
+                        if not isinstance(call_delta, Mapping):
+                            continue
+                        index = call_delta.get("index")
+                        partial = calls.setdefault(index if isinstance(index, int) else 0, _PartialCall())
+                        if call_delta.get("id"):
+                            partial.id = str(call_delta["id"])
+                        function = _mapping(call_delta.get("function"))
+                        if function.get("name"):
+                            partial.name += str(function["name"])
+                        if function.get("arguments"):
+                            partial.arguments.append(_arguments(function))
         content = "".join(text)
         if not content and not calls and not finished:
             raise _EmptyStreamError("the stream ended with no content, no tool calls and no finish reason")
@@ -528,6 +513,18 @@ class OpenAIModel:
             completion_tokens=completion_tokens,
             cached_tokens=cached_tokens,
         )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _arguments(function: Mapping[str, Any]) -> str:
+    """A tool call's arguments as the JSON text the model wrote (some servers send an object instead)."""
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments) if arguments is not None else ""
 
 
 # How a tool call written as text may open: the JSON itself, a Markdown fence, a chat template's wrapper tag.
