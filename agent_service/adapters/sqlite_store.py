@@ -1,7 +1,9 @@
 """SQLite conversation store (the default): one file, WAL, every write in one transaction.
 
-Calls run in a worker thread (`asyncio.to_thread`) over one connection guarded by a lock, so the event loop
-never blocks on disk. The in-flight lock lives in a table with a lease expiry, so it also holds between
+Writes run in a worker thread (`asyncio.to_thread`) over one connection guarded by a lock, so the event loop
+never waits on a write lock or a commit; reads of one conversation by id (`load`, `get_turn`,
+`conversation_owner`) run inline on a read-only connection (`service_kit.sqlite_reads`), which costs less than
+the hop to the thread, and fall back to the thread when the file is busy. The in-flight lock lives in a table with a lease expiry, so it also holds between
 processes sharing the file. A file that cannot be used (locked past the busy timeout, disk I/O error) raises
 `StoreUnavailableError`.
 
@@ -24,6 +26,7 @@ from typing import TypeVar
 from agent_service.conversation_events import ConversationEvent, NewEvent, events_of_turn
 from agent_service.domain import Conversation, TurnResult
 from agent_service.errors import DuplicateTurnError, StoreUnavailableError
+from service_kit.sqlite_reads import InlineReader, ReadBusyError
 
 T = TypeVar("T")
 
@@ -87,6 +90,7 @@ class SqliteConversationStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        self._reader = InlineReader(path)
         self._clock = clock
         self._retention = retention_seconds
         self._next_purge = 0.0
@@ -104,6 +108,13 @@ class SqliteConversationStore:
                     raise StoreUnavailableError(f"conversation store unavailable: {error}") from error
 
         return await asyncio.to_thread(locked)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """A read by conversation id: inline (see the module docstring), else on the worker thread."""
+        try:
+            return self._reader.read(work)
+        except ReadBusyError:
+            return await self._run(work)
 
     def _purge(self, conn: sqlite3.Connection) -> int:
         """Deletes conversations whose newest turn is older than the retention; returns how many."""
@@ -155,7 +166,7 @@ class SqliteConversationStore:
                 turns=tuple(TurnResult.from_json(text) for (text,) in turns),
             )
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def get_turn(self, conversation_id: str, turn_id: str) -> TurnResult | None:
         def work(conn: sqlite3.Connection) -> TurnResult | None:
@@ -165,7 +176,7 @@ class SqliteConversationStore:
             ).fetchone()
             return TurnResult.from_json(row[0]) if row else None
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
         def work(conn: sqlite3.Connection) -> None:
@@ -252,7 +263,7 @@ class SqliteConversationStore:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._run(work)
+        return await self._read(work)
 
     async def append_events(
         self, conversation_id: str, events: Sequence[NewEvent], customer_id: str | None = None
@@ -342,6 +353,7 @@ class SqliteConversationStore:
         await self._run(work)
 
     async def close(self) -> None:
+        self._reader.close()
         await self._run(lambda conn: conn.close())
 
 

@@ -1,4 +1,5 @@
-"""One SQLite connection (WAL) used from one worker thread, so the event loop never blocks on disk."""
+"""One SQLite connection (WAL) used from one worker thread, so the event loop never blocks on a write; point reads
+by key run inline on a read-only connection (`service_kit.sqlite_reads`), cheaper than the hop to the thread."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
+
+from service_kit.sqlite_reads import InlineReader, ReadBusyError
 
 T = TypeVar("T")
 
@@ -146,6 +149,7 @@ class SqliteDatabase:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tools-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._reader = InlineReader(path, row_factory=sqlite3.Row)
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +175,19 @@ class SqliteDatabase:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A point read (one row by key): inline on the read-only connection once the database is open, else (or
+        when that would wait) on the worker thread like `run`. `fn` must not write."""
+        if self._conn is not None:
+            try:
+                return self._reader.read(fn)
+            except ReadBusyError:
+                pass
+        return await self.run(fn)
+
     async def close(self) -> None:
+        self._reader.close()
+
         def shutdown() -> None:
             if self._conn is not None:
                 self._conn.close()

@@ -139,7 +139,7 @@ class SqliteOrderBackend:
             row = conn.execute(f"SELECT {_COLUMNS} FROM orders WHERE order_id = ?", (order_id,)).fetchone()
             return None if row is None else _order(row)
 
-        return await self._db.run(fetch)
+        return await self._db.read(fetch)
 
     async def cancel_order(self, order_id: str, customer_id: str, action_id: str) -> dict[str, Any]:
         def cancel(tx: sqlite3.Connection) -> dict[str, Any]:
