@@ -32,8 +32,10 @@ class ConversationStore(Protocol):
         """A stored turn by its id, for replaying a retried request."""
         ...
 
-    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
-        """Stores one turn atomically; binds the conversation to `customer_id` on its first turn."""
+    async def append_turn(self, turn: TurnResult, customer_id: str = "", release_holder: str = "") -> None:
+        """Stores one turn atomically; binds the conversation to `customer_id` on its first turn. With
+        `release_holder`, releases that holder's lock on the conversation in the same step (the end of a turn:
+        one store operation instead of two); a duplicate turn releases nothing."""
         ...
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:

@@ -110,6 +110,14 @@ _Event = TypeVar("_Event", bound=TurnEvent)
 
 
 @dataclass
+class _Lease:
+    """The conversation lock a turn holds; `released` once the stored turn gave it back."""
+
+    holder: str
+    released: bool = False
+
+
+@dataclass
 class _Turn:
     """The record of one turn while it runs; `_persist` turns it into the stored `TurnResult`."""
 
@@ -283,7 +291,7 @@ class TurnRunner:
             # Retrieval depends on nothing but the message: start it now, off the lock/load/hand-off path.
             search = asyncio.create_task(self._retrieval.search(request.message))
             try:
-                async with self._conversation_lock(request):
+                async with self._conversation_lock(request) as lease:
                     # A retry that raced the original may find it stored now that we hold the lock.
                     replayed = await self._replayed(request)
                     if replayed is not None:
@@ -308,7 +316,7 @@ class TurnRunner:
                     async for event in self._until(turn, deadline, stages):
                         self._audit(turn, event)
                         yield event
-                    yield FinalEvent(await self._persist(turn))
+                    yield FinalEvent(await self._persist(turn, lease))
             finally:
                 await self._settle(search)
         finally:
@@ -438,10 +446,12 @@ class TurnRunner:
             yield event
 
     @asynccontextmanager
-    async def _conversation_lock(self, request: TurnRequest) -> AsyncIterator[None]:
+    async def _conversation_lock(self, request: TurnRequest) -> AsyncIterator[_Lease]:
         """The conversation's lease for the turn: taken or ABORTED, renewed every third of the lease while the
-        turn runs, released at the end (a store outage at release leaves a lease that simply expires)."""
+        turn runs, released with the stored turn (`_persist`) or else at the end (a store outage at release
+        leaves a lease that simply expires)."""
         holder = uuid.uuid4().hex
+        lease = _Lease(holder)
         conversation_id = request.conversation_id
         if not await self._store.acquire_lock(conversation_id, holder, self._settings.turn_lease_seconds):
             audit.info(
@@ -455,37 +465,43 @@ class TurnRunner:
             raise ConversationBusyError(
                 f"conversation {conversation_id!r} already has a turn in flight; retry when it has finished"
             )
-        renewal = asyncio.create_task(self._renew_lease(conversation_id, holder))
+        renewal = asyncio.create_task(self._renew_lease(conversation_id, lease))
         try:
-            yield
+            yield lease
         finally:
             renewal.cancel()
             await asyncio.gather(renewal, return_exceptions=True)
-            try:
-                await asyncio.shield(self._store.release_lock(conversation_id, holder))
-            except StoreUnavailableError as error:
-                logger.warning(
-                    "could not release the conversation lease; it expires by itself",
-                    extra={
-                        "conversation_id": conversation_id,
-                        "lease_seconds": self._settings.turn_lease_seconds,
-                        "error": str(error),
-                    },
-                )
+            if not lease.released:
+                await self._release(conversation_id, holder)
 
-    async def _renew_lease(self, conversation_id: str, holder: str) -> None:
-        lease = self._settings.turn_lease_seconds
+    async def _release(self, conversation_id: str, holder: str) -> None:
+        try:
+            await asyncio.shield(self._store.release_lock(conversation_id, holder))
+        except StoreUnavailableError as error:
+            logger.warning(
+                "could not release the conversation lease; it expires by itself",
+                extra={
+                    "conversation_id": conversation_id,
+                    "lease_seconds": self._settings.turn_lease_seconds,
+                    "error": str(error),
+                },
+            )
+
+    async def _renew_lease(self, conversation_id: str, lease: _Lease) -> None:
+        seconds = self._settings.turn_lease_seconds
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(seconds / 3)
+            if lease.released:
+                return
             try:
-                kept = await self._store.renew_lock(conversation_id, holder, lease)
+                kept = await self._store.renew_lock(conversation_id, lease.holder, seconds)
             except StoreUnavailableError as error:
                 logger.warning(
                     "could not renew the conversation lease; retrying",
                     extra={"conversation_id": conversation_id, "error": str(error)},
                 )
                 continue
-            if not kept:
+            if not kept and not lease.released:
                 logger.error(
                     "the conversation lease was lost while the turn ran",
                     extra={"conversation_id": conversation_id},
@@ -944,7 +960,7 @@ class TurnRunner:
         elif isinstance(event, ActionEvent):
             action_flow.audit_action(turn.log_ids, event.action)
 
-    async def _persist(self, turn: _Turn) -> TurnResult:
+    async def _persist(self, turn: _Turn, lease: _Lease) -> TurnResult:
         request = turn.request
         result = TurnResult(
             conversation_id=request.conversation_id,
@@ -964,7 +980,10 @@ class TurnRunner:
             action=turn.action,
         )
         try:
-            await self._store.append_turn(result, customer_id=request.customer_id)
+            await self._store.append_turn(
+                result, customer_id=request.customer_id, release_holder=lease.holder
+            )
+            lease.released = True
         except DuplicateTurnError:
             stored = await self._store.get_turn(request.conversation_id, turn.turn_id)
             if stored is None:

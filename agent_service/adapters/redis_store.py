@@ -75,8 +75,9 @@ local function add_events(stream, seq, dedup, encoded, retention)
 end
 """
 
-# KEYS: turns, index, customer, events, event seq, event keys.
-# ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none), the turn's events.
+# KEYS: turns, index, customer, events, event seq, event keys, lock.
+# ARGV: turn_id, turn JSON, customer_id ("" = leave unbound), retention ms (0 = none), the turn's events, the
+# holder whose lock to release once the turn is stored ("" = none).
 # Returns the new number of turns, or 0 when the turn id is already stored (nothing written).
 _APPEND = (
     _ADD_EVENTS
@@ -97,6 +98,9 @@ if retention > 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('PEXPIRE', KEYS[3], retention)
   end
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[7]) == ARGV[6] then
+  redis.call('DEL', KEYS[7])
 end
 return count
 """
@@ -248,7 +252,7 @@ class RedisConversationStore:
         )
         return TurnResult.from_json(_text(stored)) if stored else None
 
-    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
+    async def append_turn(self, turn: TurnResult, customer_id: str = "", release_holder: str = "") -> None:
         count = await _available(
             self._append(
                 keys=[
@@ -256,6 +260,7 @@ class RedisConversationStore:
                     self._key(turn.conversation_id, "index"),
                     self._key(turn.conversation_id, "customer"),
                     *self._event_keys(turn.conversation_id),
+                    self._key(turn.conversation_id, "lock"),
                 ],
                 args=[
                     turn.turn_id,
@@ -263,6 +268,7 @@ class RedisConversationStore:
                     customer_id,
                     self._retention_ms,
                     _encode_events(events_of_turn(turn), time.time()),
+                    release_holder,
                 ],
             )
         )

@@ -178,7 +178,7 @@ class SqliteConversationStore:
 
         return await self._read(work)
 
-    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
+    async def append_turn(self, turn: TurnResult, customer_id: str = "", release_holder: str = "") -> None:
         def work(conn: sqlite3.Connection) -> None:
             now = self._clock()
             conn.execute("BEGIN IMMEDIATE")
@@ -202,6 +202,11 @@ class SqliteConversationStore:
                     (turn.conversation_id, seq, turn.turn_id, turn.to_json(), turn.create_time or now),
                 )
                 _insert_events(conn, turn.conversation_id, events_of_turn(turn), now)
+                if release_holder:
+                    conn.execute(
+                        "DELETE FROM turn_locks WHERE conversation_id = ? AND holder = ?",
+                        (turn.conversation_id, release_holder),
+                    )
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK")
                 raise DuplicateTurnError(f"turn {turn.turn_id!r} already stored") from None

@@ -162,12 +162,14 @@ class MemoryStore:
     async def get_turn(self, conversation_id: str, turn_id: str) -> TurnResult | None:
         return next((t for t in self.turns.get(conversation_id, ()) if t.turn_id == turn_id), None)
 
-    async def append_turn(self, turn: TurnResult, customer_id: str = "") -> None:
+    async def append_turn(self, turn: TurnResult, customer_id: str = "", release_holder: str = "") -> None:
         if await self.get_turn(turn.conversation_id, turn.turn_id) is not None:
             raise DuplicateTurnError(turn.turn_id)
         self.turns.setdefault(turn.conversation_id, []).append(turn)
         if customer_id:
             self.owners.setdefault(turn.conversation_id, customer_id)
+        if release_holder:
+            await self.release_lock(turn.conversation_id, release_holder)
 
     async def acquire_lock(self, conversation_id: str, holder: str, lease_seconds: float) -> bool:
         return self.locks.setdefault(conversation_id, holder) == holder

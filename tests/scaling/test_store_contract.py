@@ -97,6 +97,18 @@ async def test_duplicate_turn_id_raises_and_changes_nothing(make_store: StoreFac
     assert loaded.customer_id == ""
 
 
+async def test_storing_a_turn_releases_its_holders_lock_and_only_that(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert await store.acquire_lock("conv-1", "turn-a", 30)
+    await store.append_turn(TurnResult("conv-1", "t1", reply="one"), release_holder="someone-else")
+    assert not await store.acquire_lock("conv-1", "turn-b", 30)  # another holder's name releases nothing
+    await store.append_turn(TurnResult("conv-1", "t2", reply="two"), release_holder="turn-a")
+    assert await store.acquire_lock("conv-1", "turn-b", 30)  # released with the stored turn
+    with pytest.raises(DuplicateTurnError):
+        await store.append_turn(TurnResult("conv-1", "t2", reply="again"), release_holder="turn-b")
+    assert not await store.acquire_lock("conv-1", "turn-c", 30)  # a refused duplicate keeps the lock
+
+
 async def test_same_turn_id_in_another_conversation_is_fine(make_store: StoreFactory) -> None:
     store = make_store()
     await store.append_turn(TurnResult("conv-1", "t1", reply="a"))
