@@ -137,9 +137,9 @@ async def start_server(config: Config, model: ModelPort | None = None) -> Starte
             config.dependency_check_seconds,
         )
         watcher.start()
-        # The injection detector's embedding model takes about 2 s to load: load it beside serving, not in the
-        # first customer's turn.
-        warm_up = asyncio.get_running_loop().run_in_executor(None, guardrails.warm_up)
+        # The guardrail and escalation models take about 2 s to load: load them beside serving, not in the first
+        # customer's turn (which waits for them without holding the event loop).
+        warm_up = runner.start_warm_up()
         closers.append(lambda: asyncio.wait_for(asyncio.shield(warm_up), timeout=30))
         closers.append(watcher.stop)
     logger.info(

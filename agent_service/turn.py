@@ -263,11 +263,29 @@ class TurnRunner:
         self._guardrails = guardrails
         self._actions = action_flow.ActionFlow(tools)
         self._active = 0
+        self._warm: asyncio.Future[None] | None = None
         self._rate = CustomerRateLimiter(settings.customer_turns_per_minute, settings.customer_turn_burst)
 
     @property
     def active_turns(self) -> int:
         return self._active
+
+    def start_warm_up(self) -> asyncio.Future[None]:
+        """Loads the embedding models of the injection detector and the escalation backstop in a worker thread
+        (about 2 s), once. Turns wait for it without holding the event loop: built on first use inside a turn,
+        the models would stall every other turn, lease renewal and health check of the process meanwhile."""
+        if self._warm is None:
+            self._warm = asyncio.ensure_future(asyncio.to_thread(self._warm_up_models))
+        return self._warm
+
+    def _warm_up_models(self) -> None:
+        try:
+            self._guardrails.warm_up()
+            self._policy.warm_up()
+        except (
+            Exception
+        ):  # the checks build (or do without) what they can on first use; never fail a turn here
+            logger.exception("warming up the guardrail and escalation models failed")
 
     # --- the turn, top-down ------------------------------------------------------------------------------
 
@@ -279,11 +297,14 @@ class TurnRunner:
             logger.warning("turn shed: too many turns in flight", extra={"active_turns": self._active})
             raise OverloadedError("the agent is at capacity; retry shortly")
         self._active += 1
+        warm = self.start_warm_up()
         budget = self._settings.turn_deadline_seconds
         if request.time_budget_seconds is not None:
             budget = max(0.0, min(budget, request.time_budget_seconds))
         deadline = asyncio.get_running_loop().time() + budget
         try:
+            if not warm.done():
+                await asyncio.shield(warm)
             replayed = await self._replayed(request)
             if replayed is not None:
                 yield FinalEvent(replayed)

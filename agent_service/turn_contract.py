@@ -147,6 +147,8 @@ class Guardrails(Protocol):
 
     def scan_untrusted(self, label: str, text: str) -> Sequence[Flag]: ...
 
+    def warm_up(self) -> bool: ...
+
 
 # --- requests and events ------------------------------------------------------------------------------------
 

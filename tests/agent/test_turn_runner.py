@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -631,3 +632,53 @@ def test_a_blocked_message_the_policy_escalates_still_reaches_a_person() -> None
     assert result.escalation.reason_code == "sensitive_topic" and result.state == "pending_human"
     assert result.reply.endswith("Your ticket number is TKT-1.")
     assert "".join(event.text for event in _of(TextDeltaEvent, events)) == result.reply
+
+
+class _SlowToWarmGuardrails:
+    """The real guardrails whose models take until `loaded` is set to load (as on a cold start)."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.loaded = threading.Event()
+
+    def warm_up(self) -> bool:
+        self.started.set()
+        self.loaded.wait(10)
+        return guardrails.warm_up()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(guardrails, name)
+
+
+def test_turns_wait_for_the_models_to_load_without_holding_the_event_loop() -> None:
+    harness = Harness(ScriptedModel(_answer("You have 30 days to return an item [1].")))
+    slow = _SlowToWarmGuardrails()
+
+    async def scenario() -> FinalEvent:
+        runner = TurnRunner(
+            settings=harness.settings,
+            model=harness.model,
+            retrieval=harness.retrieval,
+            tools=harness.tools,
+            store=harness.store,
+            policy=POLICY,
+            guardrails=slow,
+        )
+
+        async def first_turn() -> list[TurnEvent]:
+            return [event async for event in runner.run(TurnRequest("c1", "How long do I have to return?"))]
+
+        turn = asyncio.create_task(first_turn())
+        # The loop stays free while the models load: this wait runs on it and returns.
+        assert await asyncio.get_running_loop().run_in_executor(None, slow.started.wait, 10)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not turn.done()  # the turn waits for the models
+        slow.loaded.set()
+        assert isinstance((await turn)[-1], FinalEvent)
+        events = [event async for event in runner.run(TurnRequest("c2", "And exchanges?"))]
+        final = events[-1]
+        assert isinstance(final, FinalEvent)
+        return final
+
+    assert "30 days" in asyncio.run(scenario()).result.reply
