@@ -6,7 +6,18 @@ into chunks of `min_tokens`..`max_tokens` word pieces counted with the embedding
 - a chunk never exceeds `max_tokens`; a section longer than that is split between sentences, and the next
   chunk repeats the last sentences of the previous one (up to `overlap_tokens`) and the section heading;
 - a document shorter than `min_tokens` is a single chunk.
-Chunk ids derive from the document id and the chunk's content hash, so unchanged text keeps its id.
+
+Every chunk carries its article's title: a chunk that does not contain the title is embedded (and indexed
+lexically) as `title + chunk`, so a chunk deep in an article still matches a question about the article's
+topic ("sign out of everything" → the chunk of "Password reset and account recovery" that explains
+sessions). The stored text, the one the agent reads, stays the chunk alone. Only chunks without the title
+get it, and those are continuation chunks; where the title pushes a full one past the model's window, the
+model reads all but its last few word pieces, which the next chunk repeats (the overlap) and the lexical
+index still holds. Reserving the title's pieces in every chunk's budget instead would move the chunk
+boundaries (and ids) of documents that need no title at all.
+
+Chunk ids derive from the document id and the hash of the embedded text, so unchanged text under an unchanged
+title keeps its id; a new title re-embeds the chunks that carry it (re-ingest with pruning removes the old ones).
 """
 
 from __future__ import annotations
@@ -71,7 +82,10 @@ class Chunk:
     index: int
     section: str
     token_count: int
+    # sha256 of `embedded_text`.
     content_hash: str
+    # What is embedded: the text, preceded by the document title when the text does not contain it.
+    embedded_text: str = ""
 
 
 @dataclass
@@ -102,6 +116,15 @@ def supported_extension(name: str) -> bool:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def with_title(title: str, text: str) -> str:
+    """`text` preceded by `title` (a heading line) unless the text already contains it; used for both the
+    embedded and the lexically indexed text of a chunk, so the two retrievers see the same thing."""
+    title = title.strip()
+    if not title or title.casefold() in text.casefold():
+        return text
+    return f"# {title}\n\n{text}"
 
 
 def split_front_matter(text: str) -> tuple[dict[str, str], str]:
@@ -401,9 +424,12 @@ def chunk_document(
     count: TokenCounter,
     options: ChunkingOptions | None = None,
     content_type: str = "",
+    title: str | None = None,
 ) -> list[Chunk]:
-    """Chunks of a parsed document, in order. `count` returns word-piece counts for a batch of strings."""
+    """Chunks of a parsed document, in order. `count` returns word-piece counts for a batch of strings.
+    `title` (default: the parsed title) is what chunks that lack it are embedded with."""
     opts = options or ChunkingOptions()
+    doc_title = (parsed.title if title is None else title).strip()
     kind = content_type_for(doc_id, content_type)
     units = _units(parsed.body, kind, count, opts.max_tokens)
     drafts: list[_Draft] = []
@@ -459,7 +485,8 @@ def chunk_document(
     for index, (draft, text, tokens) in enumerate(zip(drafts, texts, token_counts, strict=True)):
         if not text:
             continue
-        digest = content_hash(text)
+        embedded = with_title(doc_title, text)
+        digest = content_hash(embedded)
         short = digest[:16]
         seen[short] = seen.get(short, 0) + 1
         suffix = "" if seen[short] == 1 else f"-{seen[short]}"
@@ -472,6 +499,7 @@ def chunk_document(
                 section=section,
                 token_count=tokens,
                 content_hash=digest,
+                embedded_text=embedded,
             )
         )
     return chunks

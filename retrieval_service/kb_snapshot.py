@@ -27,6 +27,7 @@ import numpy as np
 
 from retrieval_service.adapters.chroma_store import ChromaStore
 from retrieval_service.adapters.embedding import MiniLMEmbedding
+from retrieval_service.chunking import with_title
 from retrieval_service.lexical_index import LexicalIndex, build_index
 from retrieval_service.relevance import OFF_TOPIC_PROBES, Threshold, calibrated_threshold
 
@@ -166,7 +167,12 @@ class SnapshotManager:
                 # meanwhile. The marker never matches, so this placeholder is replaced as soon as the build ends.
                 with self._lock:
                     self._snapshot = Snapshot(build_index([], self._filter_keys), threshold, (-1, None), 0.0)
-            lexical = build_index(self._store.iter_rows(), self._filter_keys, marker)
+            # Chunks are indexed with their document's title, as they were embedded (retrieval_service.chunking).
+            rows = (
+                (chunk_id, with_title(str(metadata.get("title", "")), text), metadata)
+                for chunk_id, text, metadata in self._store.iter_rows()
+            )
+            lexical = build_index(rows, self._filter_keys, marker)
             snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started)
             with self._lock:
                 self._snapshot = snapshot

@@ -239,6 +239,11 @@ class KnowledgeBase:
         self._queries = (
             QueryBatcher(embedding.embed_batch, max_batch=query_batch) if query_batch > 1 else None
         )
+        # Rare in the language: the model's WordPiece vocabulary (the frequent words of a general corpus) has
+        # no single piece for the term (retrieval_service.lexical_index, "Exact terms"). Cached per term.
+        self._uncommon = functools.lru_cache(maxsize=100_000)(
+            lambda term: self._embedding.count_tokens(term) > 1
+        )
         self._snapshots = SnapshotManager(
             store, embedding, self.limits.filter_keys, sync_max_chunks=sync_index_max_chunks
         )
@@ -265,7 +270,10 @@ class KnowledgeBase:
         parsed = parse_document(doc.doc_id, doc.content, kind)
         if not parsed.body.strip():
             return DocumentReport(doc.doc_id, Outcome.REJECTED, error=f"{doc.doc_id}: no text after markup")
-        chunks = chunk_document(doc.doc_id, parsed, self._embedding.count_tokens_batch, self._chunking, kind)
+        title = doc.title or parsed.title
+        chunks = chunk_document(
+            doc.doc_id, parsed, self._embedding.count_tokens_batch, self._chunking, kind, title=title
+        )
         if not chunks:
             return DocumentReport(doc.doc_id, Outcome.REJECTED, error=f"{doc.doc_id}: no text after markup")
         if len(chunks) > self.limits.max_chunks_per_document:
@@ -280,7 +288,7 @@ class KnowledgeBase:
             {
                 "source": doc.metadata.get("source") or doc.doc_id,
                 "doc_id": doc.doc_id,
-                "title": doc.title or parsed.title,
+                "title": title,
                 "category": doc.category or front.get("category", "") or "general",
                 "last_updated": doc.last_updated or front.get("last_updated", ""),
                 "doc_hash": content_hash(doc.content),
@@ -319,7 +327,7 @@ class KnowledgeBase:
             self._diff(item, existing.get(item.doc.doc_id, {}), prune)
 
         # Embed everything new in one call (the model batches by length), then write.
-        embed_texts = [item.chunks[i].text for item in planned for i in item.to_embed]
+        embed_texts = [item.chunks[i].embedded_text for item in planned for i in item.to_embed]
         vectors = self._embedding.embed(embed_texts)
         ids: list[str] = []
         texts: list[str] = []
@@ -453,11 +461,11 @@ class KnowledgeBase:
         # Ids and distances only: the texts and metadata are fetched below for the pool alone (Chroma reads
         # them from SQLite per result, the larger part of a query's cost for 20 candidates).
         dense = self._store.query_many([vector], wanted, where)[0]
-        lexical = snapshot.lexical.search(query, wanted, filters) if snapshot else []
+        lexical = snapshot.lexical.search(query, wanted, filters, self._uncommon) if snapshot else []
         dense_rank = {chunk_id: rank for rank, (chunk_id, _) in enumerate(dense, start=1)}
         distance = dict(dense)
         lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}
-        codes = {hit.chunk_id: hit.codes for hit in lexical}
+        exact = {hit.chunk_id: hit.exact_terms for hit in lexical}
         fused = reciprocal_rank_fusion(
             [[chunk_id for chunk_id, _ in dense], [hit.chunk_id for hit in lexical]]
         )
@@ -493,11 +501,11 @@ class KnowledgeBase:
             )
         best = min((hit.distance for hit in candidates), default=0.0)
         # Fused order, except that a chunk far behind the best one in meaning (more than DISTANCE_GAP) goes
-        # after those near it unless it carries a code of the query; exact codes come first.
+        # after those near it unless it carries an exact term of the query; exact terms come first.
         candidates.sort(
             key=lambda hit: (
-                not codes.get(hit.chunk_id),
-                hit.distance > best + DISTANCE_GAP and not codes.get(hit.chunk_id),
+                not exact.get(hit.chunk_id),
+                hit.distance > best + DISTANCE_GAP and not exact.get(hit.chunk_id),
                 -hit.fused_score,
             )
         )
@@ -505,7 +513,10 @@ class KnowledgeBase:
         dropped = 0
         for hit in candidates[:k]:
             if is_relevant(
-                hit.distance, threshold, lexical_rank=hit.lexical_rank, codes=codes.get(hit.chunk_id, ())
+                hit.distance,
+                threshold,
+                lexical_rank=hit.lexical_rank,
+                exact_terms=exact.get(hit.chunk_id, ()),
             ):
                 hits.append(hit)
             else:

@@ -7,7 +7,17 @@ term's documents, whatever the collection size: at 100k chunks a query is well u
 
 Tokens: NFKC, lower case, runs of letters and digits; a run joined by `-`, `_`, `.` or `/` (an order code,
 a SKU, a version, a URL path) is also indexed whole with its separators removed, so "AB-1234X", "ab1234x" and
-"AB 1234X" meet. A small English stop list is dropped and plurals are folded ("refunds" → "refund").
+"AB 1234X" meet. A small English stop list is dropped and plurals are folded ("refunds" → "refund", "429s" → "429").
+
+Exact terms. A hit also names the query terms that pick it out on their own: code-like terms (letters and
+digits mixed, `is_code`) and *rare* terms. A term is rare when it is rare in the knowledge base (its document
+frequency is at most `RARE_SHARE` of the chunks, at least one: an IDF test) and rare in the language (the
+caller's `uncommon` predicate; the knowledge base asks whether the embedding model's WordPiece vocabulary,
+built from the frequent words of a large general corpus, lacks a single piece for it). Both are needed: in a
+help center of 15 articles any everyday word ("instead", "weather") can occur in one chunk, while product
+and brand names, acronyms, error numbers and jargon ("jira", "dpa", "429", "webhook") are exactly the words
+a question names when it asks about the one article that has them, and the ones a sentence embedding reads
+worst.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import itertools
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +35,8 @@ import numpy.typing as npt
 
 K1 = 1.2
 B = 0.75
+# A term in at most this share of the chunks (and always when in only one) is rare in the knowledge base.
+RARE_SHARE = 0.01
 
 _RUN = re.compile(r"[^\W_]+(?:[-_./][^\W_]+)*")
 _RUN_ASCII = re.compile(r"[a-z0-9]+(?:[-_./][a-z0-9]+)*")
@@ -40,7 +52,10 @@ STOP_WORDS = frozenset(_STOP_TEXT.split())
 
 
 def _fold(word: str) -> str:
-    """A very light plural fold: policies → policy, refunds → refund (not 'address', 'status', 'this')."""
+    """A very light plural fold: policies → policy, refunds → refund, 429s → 429 (not 'address', 'status',
+    'this', nor a code such as 'ab12s')."""
+    if len(word) > 1 and word.endswith("s") and word[:-1].isdigit():
+        return word[:-1]
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if (
@@ -89,8 +104,8 @@ def query_terms(text: str) -> list[str]:
 class LexicalHit:
     chunk_id: str
     score: float
-    # Query terms that look like codes (is_code) and occur in this chunk.
-    codes: tuple[str, ...]
+    # Exact terms of the query (code-like or rare, see the module docstring) that occur in this chunk.
+    exact_terms: tuple[str, ...]
 
 
 class LexicalIndex:
@@ -127,8 +142,22 @@ class LexicalIndex:
             mask &= keep
         return mask
 
-    def search(self, query: str, top_n: int, filters: Mapping[str, str] | None = None) -> list[LexicalHit]:
-        """The `top_n` best chunks by BM25 (score > 0 only), best first; equality filters on metadata."""
+    def is_rare(self, term: str) -> bool:
+        """Whether `term` occurs in the index, in at most RARE_SHARE of the chunks (or in just one)."""
+        column = self._vocabulary.get(term)
+        if column is None:
+            return False
+        return int(self._indptr[column + 1] - self._indptr[column]) <= max(1.0, RARE_SHARE * len(self.ids))
+
+    def search(
+        self,
+        query: str,
+        top_n: int,
+        filters: Mapping[str, str] | None = None,
+        uncommon: Callable[[str], bool] | None = None,
+    ) -> list[LexicalHit]:
+        """The `top_n` best chunks by BM25 (score > 0 only), best first; equality filters on metadata.
+        `uncommon(term)`: whether a term is rare in the language (None: only code-like terms are exact)."""
         columns = [(term, self._vocabulary[term]) for term in query_terms(query) if term in self._vocabulary]
         if not columns or not self.ids:
             return []
@@ -149,12 +178,16 @@ class LexicalIndex:
         if len(candidates) > top_n:
             candidates = candidates[np.argpartition(-scores[candidates], top_n - 1)[:top_n]]
         ordered = candidates[np.argsort(-scores[candidates], kind="stable")]
-        codes = [(term, column) for term, column in columns if is_code(term)]
+        exact = [
+            (term, column)
+            for term, column in columns
+            if is_code(term) or (uncommon is not None and self.is_rare(term) and uncommon(term))
+        ]
         hits = []
         for index in ordered:
             matched = tuple(
                 term
-                for term, column in codes
+                for term, column in exact
                 if index in self._docs[self._indptr[column] : self._indptr[column + 1]]
             )
             hits.append(LexicalHit(self.ids[int(index)], float(scores[index]), matched))

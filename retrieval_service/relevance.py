@@ -126,17 +126,21 @@ def calibrated_threshold(off_topic_best: Sequence[float], chunks: int) -> Thresh
 
 
 # In the calibrated mode, hits in the top SUPPORT_BAND below the threshold must also be among the
-# LEXICAL_SUPPORT_RANK best BM25 hits of the query (the two retrievers agree); a hit whose chunk contains a
-# code-like query term (an order number, a SKU) is relevant at any distance.
+# LEXICAL_SUPPORT_RANK best BM25 hits of the query (the two retrievers agree); a hit whose chunk contains an
+# exact term of the query (a code-like term such as an order number or SKU, or a term rare in the KB and in
+# the language such as a product name, acronym or error number; retrieval_service.lexical_index) is relevant
+# at any distance.
 SUPPORT_BAND = 0.10
 LEXICAL_SUPPORT_RANK = 1
 
 
-def is_relevant(distance: float, threshold: Threshold, *, lexical_rank: int, codes: Sequence[str]) -> bool:
+def is_relevant(
+    distance: float, threshold: Threshold, *, lexical_rank: int, exact_terms: Sequence[str]
+) -> bool:
     """Whether a hit survives `threshold`. A configured or requested threshold is a plain distance cut-off."""
     if threshold.source not in (SOURCE_CALIBRATED, SOURCE_FALLBACK):
         return distance <= threshold.max_distance
-    if codes:
+    if exact_terms:
         return True
     if distance <= threshold.max_distance - SUPPORT_BAND:
         return True
