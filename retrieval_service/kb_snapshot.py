@@ -1,5 +1,8 @@
 """What a search needs besides Chroma, derived from the collection and kept in step with it: the BM25 index
-over every chunk and the KB's calibrated relevance threshold (retrieval_service.relevance).
+over every chunk, the KB's calibrated relevance threshold (retrieval_service.relevance) and, for a KB of up to
+`sync_max_chunks` chunks, every chunk's text and metadata (`rows`), so a search reads the texts of its dense
+hits from memory instead of a second Chroma read (one Chroma read was as costly as the vector query itself;
+BENCHMARKS.md). Chunk ids are content hashes of the embedded text, so a dense hit's text cannot be stale.
 
 Chroma is the only source of truth; the snapshot is derived state, rebuilt from it, never written back:
 - **Marker.** A snapshot records the collection's (chunk count, last-refresh time) read *before* its rows were
@@ -20,12 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from retrieval_service.adapters.chroma_store import ChromaStore
+from retrieval_service.adapters.chroma_store import ChromaStore, Metadata
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import with_title
 from retrieval_service.lexical_index import LexicalIndex, build_index
@@ -46,6 +49,8 @@ class Snapshot:
     threshold: Threshold
     marker: tuple[int, float | None]
     built_seconds: float
+    # chunk id -> (text, metadata) of every chunk; None for a KB too large to hold (its searches read Chroma).
+    rows: Mapping[str, tuple[str, Metadata]] | None = None
 
 
 def probe_vectors(embedding: MiniLMEmbedding) -> list[np.ndarray]:
@@ -167,13 +172,17 @@ class SnapshotManager:
                 # meanwhile. The marker never matches, so this placeholder is replaced as soon as the build ends.
                 with self._lock:
                     self._snapshot = Snapshot(build_index([], self._filter_keys), threshold, (-1, None), 0.0)
-            # Chunks are indexed with their document's title, as they were embedded (retrieval_service.chunking).
-            rows = (
-                (chunk_id, with_title(str(metadata.get("title", "")), text), metadata)
-                for chunk_id, text, metadata in self._store.iter_rows()
-            )
-            lexical = build_index(rows, self._filter_keys, marker)
-            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started)
+            held: dict[str, tuple[str, Metadata]] | None = {} if marker[0] <= self._sync_max_chunks else None
+
+            def rows() -> Iterator[tuple[str, str, Metadata]]:
+                # Chunks are indexed with their document's title, as they were embedded (retrieval_service.chunking).
+                for chunk_id, text, metadata in self._store.iter_rows():
+                    if held is not None:
+                        held[chunk_id] = (text, metadata)
+                    yield chunk_id, with_title(str(metadata.get("title", "")), text), metadata
+
+            lexical = build_index(rows(), self._filter_keys, marker)
+            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started, held)
             with self._lock:
                 self._snapshot = snapshot
             logger.info(

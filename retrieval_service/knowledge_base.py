@@ -32,7 +32,7 @@ from retrieval_service.chunking import (
     parse_document,
 )
 from retrieval_service.errors import InvalidArgumentError
-from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS, SnapshotManager
+from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS, Snapshot, SnapshotManager
 from retrieval_service.lexical_index import reciprocal_rank_fusion
 from retrieval_service.query_batcher import DEFAULT_MAX_BATCH, QueryBatcher
 from retrieval_service.relevance import (
@@ -471,13 +471,7 @@ class KnowledgeBase:
         )
         # Fetch a few more than k: the final order may still move a far-off lexical candidate behind them.
         pool = fused[: k + POOL_EXTRA]
-        # Text and metadata of the pool, in one read; vectors only for lexical-only candidates (their distance).
-        # Chroma also drops chunks that are gone.
-        pool_ids = [chunk_id for chunk_id, _ in pool]
-        lexical_only = any(chunk_id not in distance for chunk_id in pool_ids)
-        stored = self._store.get_chunks(pool_ids, where, with_embeddings=lexical_only)
-        if len(stored) < len(pool_ids):
-            self._snapshots.invalidate()  # the lexical index named a chunk that is gone: refresh it
+        stored = self._pool_rows([chunk_id for chunk_id, _ in pool], distance, where, snapshot)
         candidates: list[Hit] = []
         for chunk_id, score in pool:
             if chunk_id not in stored:
@@ -528,6 +522,34 @@ class KnowledgeBase:
             dropped_count=dropped,
             threshold_source=threshold.source,
         )
+
+    def _pool_rows(
+        self,
+        pool_ids: list[str],
+        distance: Mapping[str, float],
+        where: dict[str, Any] | None,
+        snapshot: Snapshot | None,
+    ) -> dict[str, tuple[str, Metadata, Vector | None]]:
+        """Text and metadata of the pool. A dense hit exists (Chroma just returned it) and its content-hashed id
+        fixes its text, so the snapshot's copy serves it; the rest (lexical-only candidates, which also need
+        their vector for a distance, and anything the snapshot lacks) come from one Chroma read, which also
+        drops chunks that are gone."""
+        held = snapshot.rows if snapshot is not None else None
+        stored: dict[str, tuple[str, Metadata, Vector | None]] = {}
+        missing: list[str] = []
+        for chunk_id in pool_ids:
+            row = held.get(chunk_id) if held is not None and chunk_id in distance else None
+            if row is None:
+                missing.append(chunk_id)
+            else:
+                stored[chunk_id] = (row[0], row[1], None)
+        if missing:
+            lexical_only = any(chunk_id not in distance for chunk_id in missing)
+            fetched = self._store.get_chunks(missing, where, with_embeddings=lexical_only)
+            if len(fetched) < len(missing):
+                self._snapshots.invalidate()  # the lexical index named a chunk that is gone: refresh it
+            stored.update(fetched)
+        return stored
 
     # --- deletion and stats --------------------------------------------------------------------------
 

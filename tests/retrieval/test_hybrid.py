@@ -242,3 +242,34 @@ async def test_large_kb_rebuilds_in_the_background_and_never_returns_deleted_chu
         assert stats.lexical_indexed_chunks == stats.chunks
     finally:
         await big.close()
+
+
+async def test_dense_hits_are_served_from_the_snapshot_and_match_chroma(
+    tmp_path: Path, embedding: MiniLMEmbedding, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small KB's snapshot holds every chunk's text: a search reads from Chroma only the candidates the
+    vector query did not return (lexical-only ones, which need their vector), and what it returns is what
+    Chroma holds."""
+    kb = _kb(tmp_path, embedding)
+    store = kb._store
+    requested: list[str] = []
+    real_get_chunks = store.get_chunks
+
+    def spy(ids, where, with_embeddings):  # type: ignore[no-untyped-def]
+        requested.extend(ids)
+        return real_get_chunks(ids, where, with_embeddings)
+
+    try:
+        await kb.ingest(synthetic_kb.documents(), prune_changed_sections=True)
+        monkeypatch.setattr(store, "get_chunks", spy)
+        for query in ("how do I share a notebook with my team", "NB-SCN-11", "cancel my subscription"):
+            requested.clear()
+            result = await kb.search(query, top_k=4, max_distance=2.0)
+            assert result.hits, query
+            assert not {hit.chunk_id for hit in result.hits if hit.dense_rank} & set(requested), query
+            truth = real_get_chunks([hit.chunk_id for hit in result.hits], None, False)
+            for hit in result.hits:
+                text, metadata, _ = truth[hit.chunk_id]
+                assert hit.text == text and hit.metadata == {k: str(v) for k, v in metadata.items()}
+    finally:
+        await kb.close()
