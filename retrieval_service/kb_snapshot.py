@@ -1,8 +1,10 @@
 """What a search needs besides Chroma, derived from the collection and kept in step with it: the BM25 index
-over every chunk, the KB's calibrated relevance threshold (retrieval_service.relevance) and, for a KB of up to
-`sync_max_chunks` chunks, every chunk's text and metadata (`rows`), so a search reads the texts of its dense
-hits from memory instead of a second Chroma read (one Chroma read was as costly as the vector query itself;
-BENCHMARKS.md). Chunk ids are content hashes of the embedded text, so a dense hit's text cannot be stale.
+over every chunk, the KB's calibrated relevance threshold (retrieval_service.relevance) and, while they fit in
+`ROWS_MAX_BYTES` (about 130k chunks of 300 characters), every chunk's text and metadata (`rows`), so a search
+reads the texts of its dense hits from memory instead of a second Chroma read (which cost as much as the
+vector query itself; BENCHMARKS.md). A dense hit exists (Chroma just returned it) and its id is a hash of its
+text, so even a snapshot a background rebuild has not caught up with serves its text right; only a change of
+metadata alone shows a few seconds late.
 
 Chroma is the only source of truth; the snapshot is derived state, rebuilt from it, never written back:
 - **Marker.** A snapshot records the collection's (chunk count, last-refresh time) read *before* its rows were
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 CHECK_SECONDS = 1.0
 SYNC_MAX_CHUNKS = 5000
+# Memory the held rows may take (estimated: text, metadata values and ~0.5 kB of Python objects per chunk).
+ROWS_MAX_BYTES = 128 * 1024 * 1024
+_ROW_OVERHEAD_BYTES = 512
 
 _probe_lock = threading.Lock()
 _probe_vectors: dict[int, list[np.ndarray]] = {}
@@ -172,17 +177,23 @@ class SnapshotManager:
                 # meanwhile. The marker never matches, so this placeholder is replaced as soon as the build ends.
                 with self._lock:
                     self._snapshot = Snapshot(build_index([], self._filter_keys), threshold, (-1, None), 0.0)
-            held: dict[str, tuple[str, Metadata]] | None = {} if marker[0] <= self._sync_max_chunks else None
+            held: dict[str, tuple[str, Metadata]] = {}
+            held_bytes = 0
 
             def rows() -> Iterator[tuple[str, str, Metadata]]:
+                nonlocal held_bytes
                 # Chunks are indexed with their document's title, as they were embedded (retrieval_service.chunking).
                 for chunk_id, text, metadata in self._store.iter_rows():
-                    if held is not None:
+                    if held_bytes <= ROWS_MAX_BYTES:
                         held[chunk_id] = (text, metadata)
+                        held_bytes += (
+                            len(text) + _ROW_OVERHEAD_BYTES + sum(len(str(v)) for v in metadata.values())
+                        )
                     yield chunk_id, with_title(str(metadata.get("title", "")), text), metadata
 
             lexical = build_index(rows(), self._filter_keys, marker)
-            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started, held)
+            rows_held = held if held_bytes <= ROWS_MAX_BYTES else None
+            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started, rows_held)
             with self._lock:
                 self._snapshot = snapshot
             logger.info(
