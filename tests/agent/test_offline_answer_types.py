@@ -13,9 +13,11 @@ from agent_service.adapters.offline_model import (
     ANSWER_TYPE_BONUS,
     MIN_ANSWER_SIMILARITY,
     MIN_SUPPORTED_SIMILARITY,
+    SHORT_PARAGRAPH_CHARS,
     Scored,
     Sentence,
     SentenceRanker,
+    _has_answer_type,
     best_sentences,
     select_sentences,
 )
@@ -61,7 +63,11 @@ def test_a_how_long_question_prefers_the_sentence_with_a_duration(ranker: Senten
     # The bonus is what the duration sentence gets over its similarity; the other sentence gets none.
     assert duration.score - duration.similarity >= ANSWER_TYPE_BONUS - 1e-6
     assert plain.score - plain.similarity < ANSWER_TYPE_BONUS
-    assert _answer(question, ranker)[0] == "Pauses last between 2 and 12 weeks and cost nothing."
+    assert (
+        ranker.rank(question, _hits())[0].sentence.text
+        == "Pauses last between 2 and 12 weeks and cost nothing."
+    )
+    assert "Pauses last between 2 and 12 weeks and cost nothing." in _answer(question, ranker)
 
 
 def test_a_how_much_question_gives_the_sentence_with_an_amount_the_bonus(ranker: SentenceRanker) -> None:
@@ -98,3 +104,52 @@ def test_a_shared_term_lowers_the_bar_but_off_topic_still_gets_nothing(ranker: S
     assert select_sentences([Scored(sauna.sentence, 0.35, 0.35, shares_terms=False)]) == []
     assert best_sentences("What is the capital city of Peru?", _hits(), ranker) == []
     assert best_sentences("who won the football match yesterday", _hits(), ranker) == []
+
+
+def test_a_where_question_prefers_the_sentence_with_a_place(ranker: SentenceRanker) -> None:
+    article = (
+        "# Lockers\n\nLockers are free for members and visitors. Book a locker at boulderhaus.example/lockers "
+        "before you come. Lockers are emptied every night.\n"
+    )
+    hits = [KbHit("lockers.md", "lockers.md#0", "Lockers", article, 0.3)]
+    question = "where can i get a locker"
+    scored = {item.sentence.text: item for item in ranker.rank(question, hits)}
+    place = scored["Book a locker at boulderhaus.example/lockers before you come."]
+    plain = scored["Lockers are emptied every night."]
+    assert place.score - place.similarity >= ANSWER_TYPE_BONUS - 1e-6
+    assert plain.score - plain.similarity < ANSWER_TYPE_BONUS
+    assert ranker.rank(question, hits)[0] == place
+
+
+def test_a_place_is_a_web_address_an_email_address_or_a_menu_path() -> None:
+    question = "where do i change the billing email"
+    assert _has_answer_type(question, "Change it in Settings > Billing > Contacts.")
+    assert _has_answer_type(question, "Write to billing@example.com from the account owner's address.")
+    assert _has_answer_type(question, "Open example.com/billing and sign in.")
+    assert not _has_answer_type(question, "The billing email receives every invoice.")
+    assert not _has_answer_type("how do i change the billing email", "Change it in Settings > Billing.")
+
+
+def test_a_short_paragraph_is_answered_whole_a_long_one_is_not() -> None:
+    rule = _sentence("We do not refund a removed seat in cash.", 0, 0)
+    exception = _sentence("The unused part is added as credit to your next invoice.", 1, 0)
+    other = _sentence("Members can also book the sauna.", 2, 1)
+    chosen = select_sentences([Scored(rule, 0.8, 0.7), Scored(other, 0.3, 0.3), Scored(exception, 0.2, 0.2)])
+    assert chosen == [rule, exception]
+    filler = "Every climber signs the safety waiver once before the first visit and again each year. "
+    long_rule = _sentence(filler * (SHORT_PARAGRAPH_CHARS // len(filler) + 1), 0, 0)
+    chosen = select_sentences(
+        [Scored(long_rule, 0.8, 0.7), Scored(other, 0.3, 0.3), Scored(exception, 0.2, 0.2)]
+    )
+    assert chosen == [long_rule]
+
+
+def test_the_best_sentence_close_enough_answers_even_below_one_that_is_not() -> None:
+    # A sentence that only resembles the question ranks first but is below the plain bar; the one after it
+    # shares a term of the question and clears the lower bar: it is the answer, not "I don't know".
+    resembles = _sentence("Members can also book the sauna.", 0, 0)
+    answers = _sentence("A day pass costs 14 euros, shoes included.", 1, 1)
+    chosen = select_sentences(
+        [Scored(resembles, 0.39, 0.39, shares_terms=False), Scored(answers, 0.36, 0.36, shares_terms=True)]
+    )
+    assert chosen == [answers]

@@ -1,0 +1,69 @@
+"""Abbreviations the customer writes and the help center spells out ("PRs" → "pull requests"), counted in the
+offline engine's word overlap (agent_service/adapters/abbreviations.py). The real MiniLM tokenizer decides what
+reads as an abbreviation; the sentences are written here, not taken from any suite."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from agent_service.adapters.abbreviations import abbreviation_candidates, spelled_by_word_starts
+from agent_service.adapters.offline_model import LEXICAL_WEIGHT, SentenceRanker
+from agent_service.domain import KbHit
+from service_kit.embedding import MiniLMModel
+from service_kit.semantic_match import Vector
+
+PAYMENTS = """# Paying for a membership
+
+We accept Visa, Mastercard and American Express at the front desk. Gift cards are sold online only.
+"""
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniLMModel:
+    return MiniLMModel.shared()
+
+
+def test_an_abbreviation_is_spelled_by_the_beginnings_of_consecutive_words() -> None:
+    assert spelled_by_word_starts("pr", ["link", "pull", "requests", "task"])
+    assert spelled_by_word_starts("amex", ["accept", "visa", "american", "express"])
+    assert spelled_by_word_starts("dpa", ["sign", "data", "processing", "agreement"])
+    assert not spelled_by_word_starts(
+        "pu", ["pull", "requests"]
+    )  # one word's beginning is not an abbreviation
+    assert not spelled_by_word_starts("pr", ["pull"])  # the words run out
+    assert not spelled_by_word_starts("amex", ["american", "card", "express"])  # not consecutive
+
+
+def test_only_short_words_the_tokenizer_splits_and_no_sentence_contains_are_abbreviations(
+    model: MiniLMModel,
+) -> None:
+    words = ["do", "u", "take", "amex", "prs", "set", "pay", "won", "membership", "visa"]
+    found = abbreviation_candidates(words, {"visa", "accept"}, model.count_tokens)
+    assert found == {"amex": "amex", "prs": "pr"}  # the plural "s" is not spelled
+
+
+class WithoutTokenizer:
+    """The embedding model without its tokenizer: nothing reads as an abbreviation."""
+
+    def __init__(self, model: MiniLMModel) -> None:
+        self._model = model
+
+    def embed(self, texts: Sequence[str]) -> list[Vector]:
+        return self._model.embed(texts)
+
+
+def test_the_sentence_that_spells_out_the_abbreviation_ranks_higher(model: MiniLMModel) -> None:
+    hits = [KbHit("payments.md", "payments.md#0", "Payments", PAYMENTS, 0.3)]
+    question = "do you take amex"
+    spelled = {item.sentence.text: item.score for item in SentenceRanker(model).rank(question, hits)}
+    plain = {
+        item.sentence.text: item.score
+        for item in SentenceRanker(WithoutTokenizer(model)).rank(question, hits)
+    }
+    card = "We accept Visa, Mastercard and American Express at the front desk."
+    other = "Gift cards are sold online only."
+    # "amex" is one of the question's two terms ("take", "amex"): half the lexical weight.
+    assert spelled[card] - plain[card] == pytest.approx(LEXICAL_WEIGHT / 2, abs=1e-4)
+    assert spelled[other] == pytest.approx(plain[other], abs=1e-6)
