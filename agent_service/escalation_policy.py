@@ -14,7 +14,11 @@ leetspeak, split words: :func:`service_kit.text_normalise.normalise_for_matching
    near misses as negative examples, in the file the rules name under ``examples:``
    (``escalation_examples.yaml``), scored with the offline MiniLM by
    :class:`service_kit.semantic_match.SemanticMatcher` (the same matcher, model and vector cache as the
-   injection detector, so a message is embedded once per turn).
+   injection detector, so a message is embedded once per turn); long messages also clause by clause.
+
+Neither layer hands off a clause that declines what it names ("I don't want to dispute the charge",
+:data:`_NEGATED_INTENT`) or a hypothetical in a question ("if someone hacked my account, what should I do",
+:func:`_hypothetical_spans`): the words of the category are there, the request is not (docs/policy.md).
 
 The rules and the examples file are read and validated once (:meth:`PolicyRules.load`); the embedding model
 is loaded on first use, in a background thread started when the policy is built.
@@ -83,6 +87,34 @@ _ANY_POST_NEGATION: Final[re.Pattern[str]] = re.compile(
     r"|\bneed\s+(?:no|nobody|no\s+one)\b|\bnot\s+need\b",
     re.IGNORECASE,
 )
+# A clause that declines something ("I don't want to dispute the charge", "I'm not going to sue", "no
+# quiero reclamar" -> "no i want ...", "je ne veux pas" -> "i ne want not", "ich will keine Beschwerde" -> "i
+# will no complaint"): the customer's wish, plan or need, negated; matched on the normalised text after the
+# lexicon. Never a negated fact or a refusal, which are complaints: "I don't recognise this charge", "I never
+# got my refund", "nobody will help me", "I won't pay this", "I will not stop until you refund me".
+_NEGATED_INTENT: Final[re.Pattern[str]] = re.compile(
+    r"\b(?:don't|dont|do\s+not|doesn't|does\s+not|no|not|ne)\s+(?:(?:i|really|even|actually|longer)\s+)?"
+    r"(?:want|wish|intend|plan|need|mean)\b"
+    r"|\b(?:i'm|im|i\s+am|we're|we\s+are)\s+not\s+(?:going|planning|trying)\s+to\b"
+    r"|\b(?:want|would\s+like|need)\s+(?:no|not|pas|nicht|kein|keine|keinen)\b|\bwill\s+(?:no|kein|keine|keinen)\b"
+    r"|\bno\s+(?:intention|plan|plans|wish|desire)\b|\brather\s+not\b",
+    re.IGNORECASE,
+)
+# A hypothetical in a question ("if someone hacked my account, what should I do", "what happens if my card
+# is stolen?", "Was passiert, wenn jemand ...?") asks how things work: from the conditional to the end of its
+# clause, nothing escalates, by rule or by meaning. Outside a question a conditional is a threat or a demand
+# ("If I don't get a refund I'm filing a claim in court") and is matched as usual. The Portuguese "se" is
+# left out: it is also the Spanish reflexive ("se me cobró dos veces").
+_CONDITIONAL: Final[re.Pattern[str]] = re.compile(
+    r"\b(?:if|in\s+case|suppose|supposing|wenn|falls|si|caso)\b", re.IGNORECASE
+)
+_CONDITIONAL_END: Final[re.Pattern[str]] = re.compile(r"[.,;:!?\n]|\bthen\b", re.IGNORECASE)
+_QUESTION: Final[re.Pattern[str]] = re.compile(
+    r"\?|(?:^|[.,;:!\n]\s*|\b(?:and|but|so)\s+)[¿\s]*(?:what|how|who|where|when|which|can|could|do|does|is|are"
+    r"|will|would|should|que|qu[eé]|c[oó]mo|cu[aá]l|comment|quand|est-ce|wie|was|wer|kann|o\s+que|quanto"
+    r"|quando|qual)\b",
+    re.IGNORECASE,
+)
 _ZERO_WIDTH: Final[dict[int, None]] = dict.fromkeys(
     [0x00AD, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x180E], None
 )
@@ -105,6 +137,7 @@ _DEFAULT_NEGATION_CUES: Final[tuple[str, ...]] = (
 NEGATIVE_LABEL: Final[str] = "negative"
 DEFAULT_MARGIN: Final[float] = 0.04
 DEFAULT_SEMANTIC_THRESHOLD: Final[float] = 0.6
+CLAUSE_WORDS: Final[int] = 12
 _DEFAULT_OUTCOME_PRIORITY: Final[dict[str, Priority]] = {
     "customer_request": "medium",
     "negative_sentiment": "high",
@@ -225,7 +258,12 @@ class SemanticExamples:
         # No keyword joining: a message normalises as for the rules, and (English) as for the injection
         # detector, whose vectors of the same message are then reused from the shared cache.
         return SemanticMatcher(
-            examples, embedder, thresholds, lexicon=dict(self.lexicon), join_keywords=False
+            examples,
+            embedder,
+            thresholds,
+            lexicon=dict(self.lexicon),
+            join_keywords=False,
+            clause_words=CLAUSE_WORDS,
         )
 
 
@@ -364,8 +402,9 @@ class EscalationPolicy:
         undisguised = undisguise(text)
         variants = (plain,) if undisguised == plain.casefold() else (plain, undisguised)
         for variant in variants:
+            hypothetical = _hypothetical_spans(variant)
             for order, category in enumerate(self._rules.categories):
-                match = self._first_match(category, variant)
+                match = self._first_match(category, variant, hypothetical)
                 if match is not None:
                     start, matched = match
                     found.append(
@@ -376,8 +415,18 @@ class EscalationPolicy:
             # Meaning is in the words: card numbers, e-mails and phone numbers become placeholders first, so a
             # question that quotes a card number is not scored as one about a stolen card.
             words = redact(text)
-            semantic = matcher.classify(words, NEGATIVE_LABEL, self._semantic_margin())
-            if semantic is not None and self._semantic_negated(semantic.label, matcher.normalise(words)):
+            normalised = matcher.normalise(words)
+            hypotheses = [normalised[start:end].strip() for start, end in _hypothetical_spans(normalised)]
+
+            def excluded(name: str, segment: str) -> bool:
+                # a declining clause, or a part of a hypothetical (the whole text containing one is then
+                # scored clause by clause, so a clause outside it still counts)
+                return self._declines(name, segment) or any(
+                    segment in hypothesis or hypothesis in segment for hypothesis in hypotheses
+                )
+
+            semantic = matcher.classify(words, NEGATIVE_LABEL, self._semantic_margin(), excluded=excluded)
+            if semantic is not None and self._semantic_negated(semantic.label, normalised):
                 semantic = None
             if semantic is not None:
                 order, category = self._by_name[semantic.label]
@@ -420,6 +469,16 @@ class EscalationPolicy:
             return True
         return _ANY_POST_NEGATION.search(normalised) is not None
 
+    def _declines(self, name: str, normalised: str) -> bool:
+        """Whether a part of a message (normalised) declines what category ``name`` is about ("I don't want
+        to dispute the charge", :data:`_NEGATED_INTENT`), so the semantic layer does not match it there: the
+        embedding model does not see the negation. A request for a person is judged on the whole message
+        instead (:meth:`_semantic_negated`)."""
+        _, category = self._by_name[name]
+        if not category.negatable or category.reason_code == "customer_request":
+            return False
+        return _NEGATED_INTENT.search(normalised) is not None
+
     def _semantic_margin(self) -> float:
         return self._rules.semantic.margin if self._rules.semantic is not None else DEFAULT_MARGIN
 
@@ -459,11 +518,15 @@ class EscalationPolicy:
             customer_message=outcome.customer_message,
         )
 
-    def _first_match(self, category: TriggerCategory, text: str) -> tuple[int, str] | None:
+    def _first_match(
+        self, category: TriggerCategory, text: str, hypothetical: list[tuple[int, int]]
+    ) -> tuple[int, str] | None:
         earliest: tuple[int, str] | None = None
         for matcher in category.matchers:
             for match in matcher.finditer(text):
                 if category.negatable and self._negated(text, match.start(), match.end()):
+                    continue
+                if any(start <= match.start() < end for start, end in hypothetical):
                     continue
                 if earliest is None or match.start() < earliest[0]:
                     earliest = (match.start(), match.group(0))
@@ -479,6 +542,9 @@ class EscalationPolicy:
             before.split()[-self._rules.negation_window_words :] if self._rules.negation_window_words else []
         )
         if self._negation is not None and words and self._negation.search(" ".join(words)):
+            return True
+        # "I'm not going to sue", "I would never report you": the clause declines what the rule names.
+        if words and _NEGATED_INTENT.search(" ".join([*words, text[start:end]])):
             return True
         after = text[end : end + 40]
         return _POST_NEGATION.search(after) is not None
@@ -497,6 +563,18 @@ def _shared_matcher(spec: SemanticExamples, embedder: Embedder) -> SemanticMatch
             found = (embedder, spec.build_matcher(embedder))
             _matchers[(spec, id(embedder))] = found
         return found[1]
+
+
+def _hypothetical_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every hypothetical of ``text`` when it asks a question (:data:`_CONDITIONAL`): from the
+    conditional word to the end of its clause."""
+    if _QUESTION.search(text) is None:
+        return []
+    spans: list[tuple[int, int]] = []
+    for conditional in _CONDITIONAL.finditer(text):
+        end = _CONDITIONAL_END.search(text, conditional.end())
+        spans.append((conditional.start(), end.start() if end else len(text)))
+    return spans
 
 
 def normalize_message(text: str) -> str:

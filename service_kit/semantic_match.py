@@ -29,7 +29,7 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -49,6 +49,14 @@ _CACHE_SIZE: Final[int] = 4096
 _SENTENCE: Final[re.Pattern[str]] = re.compile(r"(?<=[.!?;:])\s+|\n+")
 _PUNCTUATION: Final[re.Pattern[str]] = re.compile(r"[^\w\s]+")
 _WORDS: Final[re.Pattern[str]] = re.compile(r"[^\W\d_]{5,}")
+# Where one clause of a long message ends: sentence ends, commas, semicolons, colons, dashes, line breaks,
+# and the coordinating conjunctions of English, Spanish, French, German and Portuguese (after
+# normalisation: no accents, lower case). "and" joins two intents as often as it joins two nouns; a clause
+# too short to carry an intent alone is dropped (MIN_SEGMENT_WORDS), so "terms and conditions" costs nothing.
+_CLAUSE_BREAK: Final[re.Pattern[str]] = re.compile(
+    r"[.!?;:,]+(?=\s|$)|\s[-\u2013\u2014]+\s|\n+"
+    r"|\s(?:and|but|so|y|e|pero|sino|et|mais|und|aber|sondern|mas)\s"
+)
 
 Vector = npt.NDArray[np.float32]
 
@@ -79,6 +87,7 @@ class Scored:
     lexical: list[Match]
     segments: list[str]  # normalised segments that were embedded (empty when skipped)
     similarity: npt.NDArray[np.float32]  # segments x examples cosine similarities
+    first_clause: int = -1  # segments[first_clause:] are clauses of the others (-1: none)
 
 
 @dataclass(frozen=True)
@@ -163,11 +172,14 @@ class SemanticMatcher:
         default_threshold: float = DEFAULT_THRESHOLD,
         lexicon: Mapping[str, str] | None = None,
         join_keywords: bool = True,
+        clause_words: int = 0,
     ) -> None:
         """``join_keywords``: rejoin a word split by a space into one of the examples' words even when both
         halves are words ("ign ore"); off, only the dictionary rule applies, so ordinary text ("log in")
-        normalises exactly as for any other matcher without keywords and its vectors are shared with it."""
+        normalises exactly as for any other matcher without keywords and its vectors are shared with it.
+        ``clause_words``: a text of more words than this is also scored clause by clause (0: never)."""
         self._embedder = embedder
+        self.clause_words = clause_words
         self.lexicon: dict[str, str] = {
             " ".join(fold_characters(key).split()): " ".join(fold_characters(value).split())
             for key, value in (lexicon or {}).items()
@@ -245,19 +257,28 @@ class SemanticMatcher:
                 best[label] = Match(label, float(per_example[top]), self._examples[top].text)
         return sorted(best.values(), key=lambda match: match.score, reverse=True)
 
-    def segment_scores(self, text: str, decisive_labels: Collection[str] = ()) -> Scored:
+    def segment_scores(
+        self, text: str, decisive_labels: Collection[str] = (), clauses: bool | None = None
+    ) -> Scored:
         """Lexical matches plus, per segment (the whole short text, each sentence, windows over long
         ones), the cosine similarity to every example. A lexical match of one of ``decisive_labels``
-        answers alone: no model call, no segments."""
+        answers alone: no model call, no segments. ``clauses``: also score each clause (None: when the
+        text has more than ``clause_words`` words)."""
         normalised = self.normalise(text)
         lexical = self._lexical(normalised, squash(normalised))
         if any(match.label in decisive_labels for match in lexical):
             return Scored(normalised, lexical, [], np.zeros((0, len(self._examples)), np.float32))
         segments = _segments(normalised)
+        first_clause = -1
+        if clauses is None:
+            clauses = bool(self.clause_words) and len(normalised.split()) > self.clause_words
+        if segments and clauses:
+            first_clause = len(segments)
+            segments += [clause for clause in _clauses(normalised) if clause not in segments]
         if not segments:
             return Scored(normalised, lexical, [], np.zeros((0, len(self._examples)), np.float32))
         similarity = np.vstack(self._vectors(segments)) @ self._matrix.T  # segments x examples
-        return Scored(normalised, lexical, segments, similarity)
+        return Scored(normalised, lexical, segments, similarity, first_clause)
 
     def best_per_label(self, row: npt.NDArray[np.float32]) -> dict[str, tuple[float, str]]:
         """For one row of :attr:`Scored.similarity`: label -> (best score, nearest example as written)."""
@@ -271,29 +292,72 @@ class SemanticMatcher:
         """Labels whose best score reaches their threshold, best first."""
         return [match for match in self.scores(text) if match.score >= self.thresholds[match.label]]
 
-    def classify(self, text: str, negative_label: str, margin: float) -> Match | None:
+    def classify(
+        self,
+        text: str,
+        negative_label: str,
+        margin: float,
+        excluded: Callable[[str, str], bool] | None = None,
+    ) -> Match | None:
         """The strongest label other than ``negative_label`` that matches `text`, or None.
 
         A label matches lexically (one of its examples occurs in the normalised text and no negative
         example does), or in some segment with a score that reaches the label's threshold *and* beats that
         segment's best negative example by at least ``margin`` (so a near miss, closer to a negative
-        example, does not match, and a benign sentence cannot shield another sentence)."""
+        example, does not match, and a benign sentence cannot shield another sentence).
+
+        ``excluded`` ((label, normalised segment) -> whether the segment may not match the label, e.g. it
+        declines something: "I don't want to dispute the charge"): such a segment does not match that
+        label, and when the whole text is excluded it is also scored clause by clause whatever its length,
+        so a clause without the negation still matches ("I don't want excuses, someone is using my
+        card")."""
         positives = [label for label in self.labels if label != negative_label]
-        scored = self.segment_scores(text, decisive_labels=())
-        lexical = [match for match in scored.lexical if match.label != negative_label]
+        whole = self.normalise(text)
+        shut = {label for label in positives if excluded is not None and excluded(label, whole)}
+        scored = self.segment_scores(text, decisive_labels=(), clauses=True if shut else None)
+        # an excluded label's example in the text is left to the segments, which know where it stands
+        lexical = [
+            match for match in scored.lexical if match.label != negative_label and match.label not in shut
+        ]
         if lexical and not any(match.label == negative_label for match in scored.lexical):
             return lexical[0]
+        negatives = (
+            scored.similarity[:, self._members[self.labels.index(negative_label)]].max(axis=1)
+            if negative_label in self.labels
+            else np.full(len(scored.segments), -1.0, np.float32)
+        )
         best: Match | None = None
-        for row in scored.similarity:
+        for index, row in enumerate(scored.similarity):
             per_label = self.best_per_label(row)
-            negative = per_label[negative_label][0] if negative_label in per_label else -1.0
+            negative = float(negatives[index])
+            clause = 0 <= scored.first_clause <= index
             for label in positives:
                 score, example = per_label[label]
                 if score < self.thresholds[label] or score < negative + margin:
                     continue
+                if excluded is not None and excluded(label, scored.segments[index]):
+                    continue
+                if clause and self._near_miss_in_context(scored, index, negatives, label):
+                    continue
                 if best is None or score > best.score:
                     best = Match(label, score, example)
         return best
+
+    def _near_miss_in_context(
+        self, scored: Scored, index: int, negatives: npt.NDArray[np.float32], label: str
+    ) -> bool:
+        """Whether a segment that contains clause ``index`` (the whole text, its sentence) is nearer a
+        negative example than an example of ``label``: a near miss as a whole stays one, whatever a clause
+        alone reads like ("I logged in on a shared computer and forgot to log out, how do I ...": its first
+        clause alone reads like a takeover; "... and I am very happy with the service": the model barely
+        tells happy from unhappy without the rest of the message)."""
+        columns = self._members[self.labels.index(label)]
+        clause = scored.segments[index]
+        return any(
+            float(negatives[outer]) > float(scored.similarity[outer, columns].max())
+            for outer in range(scored.first_clause)
+            if clause in scored.segments[outer]
+        )
 
     def _vectors(self, segments: list[str]) -> list[Vector]:
         found = self._cache.get_many(segments)
@@ -336,3 +400,15 @@ def _segments(normalised: str) -> list[str]:
     size = max(_WINDOW_WORDS, 2 * -(-len(words) // MAX_SEGMENTS))
     step = size // 2
     return [" ".join(words[start : start + size]) for start in range(0, max(1, len(words) - step), step)]
+
+
+def _clauses(normalised: str) -> list[str]:
+    """The clauses of a text (:data:`_CLAUSE_BREAK`) with at least MIN_SEGMENT_WORDS words with letters, at
+    most MAX_SEGMENTS of them: "somebody got into my account, deleted my files and changed my email" is
+    three intents, and one of them alone is nearer its example than the whole text is."""
+    clauses: dict[str, None] = {}
+    for part in _CLAUSE_BREAK.split(normalised):
+        words = part.split()
+        if sum(1 for word in words if any(char.isalpha() for char in word)) >= MIN_SEGMENT_WORDS:
+            clauses[" ".join(words)] = None
+    return list(clauses)[:MAX_SEGMENTS]

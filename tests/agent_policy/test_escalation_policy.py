@@ -207,6 +207,77 @@ def test_negation_is_scoped_to_the_clause(policy: EscalationPolicy) -> None:
     assert policy.evaluate("I do not need to speak to an agent") is None
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "I don't want to dispute the charge",
+        "I'm not going to sue anyone, I just need last year's invoices",
+        "No quiero reclamar el cobro, solo necesito la factura",
+        "je ne veux pas porter plainte, j'ai juste besoin de la facture",
+        "Ich will keine Beschwerde einreichen, aber wie ändere ich mein Passwort?",
+        "Não quero processar ninguém, só preciso da nota fiscal",
+    ],
+)
+def test_declining_what_a_category_is_about_does_not_escalate(policy: EscalationPolicy, message: str) -> None:
+    """Neither the rules nor the semantic layer (whose model does not see the negation) hand off a
+    message whose clause declines the dispute, lawsuit or complaint it names."""
+    assert policy.evaluate(message) is None, policy.evaluate(message)
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        # a negated fact, not a negated wish
+        ("I don't recognise this charge", "billing_dispute"),
+        ("I never wanted this subscription and you charged me anyway", "billing_dispute"),
+        # a refusal is a complaint
+        ("I will not stop until you refund the double charge", "billing_dispute"),
+        ("I'm never going to use your service again, you are useless", "negative_sentiment"),
+        # the declining clause does not shield the other one
+        ("I don't want excuses, someone is using my card", "payment_fraud"),
+    ],
+)
+def test_a_negated_fact_or_a_refusal_still_escalates(
+    policy: EscalationPolicy, message: str, category: str
+) -> None:
+    decision = policy.evaluate(message)
+    assert decision is not None and decision.trigger.startswith(category + ":"), decision
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "if someone hacked my account, what should I do and who should I contact first",
+        "what happens if somebody steals my phone and uses my saved card to buy things",
+        "what would I do if I was charged twice for the same order, is there a form for that",
+        "if the battery ever overheated or caught fire, does the warranty cover it",
+        "what if I want to talk to a human later, is that possible?",
+        "what happens if my credit card was stolen?",
+        "Was passiert, wenn jemand mein Passwort herausfindet und sich einloggt?",
+        "Que se passe-t-il si quelqu'un utilise ma carte sur votre site ?",
+    ],
+)
+def test_a_hypothetical_question_does_not_escalate(policy: EscalationPolicy, message: str) -> None:
+    assert policy.evaluate(message) is None, policy.evaluate(message)
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        # a conditional outside a question is a threat or a demand
+        ("Voy a hablar con mi abogado si no me devuelven el dinero", "legal"),
+        # what happened is outside the hypothetical
+        ("My card was stolen, what should I do if they use it?", "payment_fraud"),
+        ("can I talk to a human if the bot can't help?", "human_request"),
+    ],
+)
+def test_a_fact_or_a_request_beside_a_hypothetical_still_escalates(
+    policy: EscalationPolicy, message: str, category: str
+) -> None:
+    decision = policy.evaluate(message)
+    assert decision is not None and decision.trigger.startswith(category + ":"), decision
+
+
 def test_trigger_text_is_redacted_and_bounded(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(

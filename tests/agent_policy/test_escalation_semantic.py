@@ -22,7 +22,9 @@ import pytest
 import yaml
 
 from agent_service.escalation_policy import (
+    CLAUSE_WORDS,
     DEFAULT_RULES_PATH,
+    NEGATIVE_LABEL,
     EscalationDecision,
     EscalationPolicy,
     PolicyConfigError,
@@ -31,7 +33,7 @@ from agent_service.escalation_policy import (
 )
 from agent_service.injection_detector import InjectionDetector
 from service_kit.embedding import MiniLMModel
-from service_kit.semantic_match import Vector
+from service_kit.semantic_match import SemanticMatcher, Vector
 from service_kit.text_normalise import translate_words
 from support_eval.suite import load_suite
 
@@ -358,6 +360,70 @@ def test_custom_examples_file_drives_the_semantic_layer(tmp_path: Path) -> None:
     )
 
 
+# --- long messages: clause by clause ------------------------------------------------------------------------
+
+
+@functools.cache
+def _card_matcher(clause_words: int) -> SemanticMatcher:
+    examples = {
+        "fraud": ["someone is using my bank card without permission"],
+        NEGATIVE_LABEL: ["which cards do you accept", "how do I remove a saved card from my account"],
+    }
+    return SemanticMatcher(
+        examples, MiniLMModel.shared(), {"fraud": 0.5, NEGATIVE_LABEL: 2.0}, clause_words=clause_words
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "we spent two weeks at the beach with the kids and the weather was lovely, but a thief has been paying "
+        "with my debit card",
+        # no punctuation at all: the conjunctions alone split it
+        "we spent two weeks at the beach with the kids and the weather was lovely but a thief has been paying "
+        "with my debit card",
+    ],
+)
+def test_one_clause_of_a_long_message_matches_where_the_whole_text_is_too_diluted(message: str) -> None:
+    assert _card_matcher(0).classify(message, NEGATIVE_LABEL, 0.05) is None
+    found = _card_matcher(12).classify(message, NEGATIVE_LABEL, 0.05)
+    assert found is not None and found.label == "fraud"
+
+
+def test_a_clause_does_not_match_when_the_text_around_it_is_a_near_miss() -> None:
+    """The hypothetical clause alone reads like fraud; the whole message is a question about saved cards."""
+    matcher = _card_matcher(12)
+    message = "a thief could be paying with my card if my phone gets stolen, so how do I remove a saved card"
+    scored = matcher.segment_scores(message)
+    clause = scored.segments.index("a thief could be paying with my card if my phone gets stolen")
+    alone = matcher.best_per_label(scored.similarity[clause])
+    assert alone["fraud"][0] >= max(0.5, alone[NEGATIVE_LABEL][0] + 0.05)  # would match on its own
+    assert matcher.classify(message, NEGATIVE_LABEL, 0.05) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        # made-up long messages of other businesses, not tuned on (a clause carries the escalation)
+        (
+            "we got home from the airport late, checked our loyalty account and all the points were gone and "
+            "the email on it was changed",
+            "account_security",
+        ),
+        (
+            "we have waited since May for the repair, every call ends in a loop and this whole company is pathetic",
+            "negative_sentiment",
+        ),
+        ("I don't want to dispute the charge", None),
+        ("I don't want to dispute the charge, I just want to know when it shows up on my statement", None),
+        ("Je ne veux pas contester le paiement, mais j'ai besoin d'une facture pour mon entreprise", None),
+    ],
+)  # fmt: skip
+def test_long_messages_end_to_end(message: str, category: str | None) -> None:
+    decision = policy().evaluate(message)
+    assert (decision and _category(decision)) == category or (decision is None and category is None), decision
+
+
 # --- cost: one embedding per message per turn -----------------------------------------------------------------
 
 
@@ -365,9 +431,11 @@ class CountingEmbedder:
     def __init__(self) -> None:
         self.model = MiniLMModel.shared()
         self.texts: list[str] = []
+        self.calls = 0
 
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         self.texts.extend(texts)
+        self.calls += 1
         return self.model.embed(texts)
 
 
@@ -376,7 +444,8 @@ def test_the_detector_and_the_backstop_embed_a_message_once() -> None:
     detector = InjectionDetector.from_yaml(embedder)
     escalation = EscalationPolicy(PolicyRules.load(), embedder=embedder, warm=False)
     assert escalation.warm_up()
-    message = "Hello, I believe a stranger has been paying with my credit card on your website."
+    message = "Hello, a stranger is paying with my credit card on your site."
+    assert len(message.split()) <= CLAUSE_WORDS  # not split into clauses
     before = len(embedder.texts)
     assert detector.detect(message) is None
     embedded = len(embedder.texts) - before
@@ -384,6 +453,26 @@ def test_the_detector_and_the_backstop_embed_a_message_once() -> None:
     decision = escalation.evaluate(message)
     assert decision is not None and decision.reason_code == "sensitive_topic"
     assert len(embedder.texts) - before == embedded  # the backstop reused the detector's vectors
+
+
+def test_a_long_message_adds_its_clauses_in_one_embedding_call() -> None:
+    """The detector does not split into clauses; the backstop embeds only the clauses, all in one call."""
+    embedder = CountingEmbedder()
+    detector = InjectionDetector.from_yaml(embedder)
+    escalation = EscalationPolicy(PolicyRules.load(), embedder=embedder, warm=False)
+    assert escalation.warm_up()
+    message = (
+        "we spent two weeks at the beach with the kids, the weather was lovely and a thief paid with my card"
+    )
+    assert detector.detect(message) is None
+    texts, calls = len(embedder.texts), embedder.calls
+    escalation.evaluate(message)
+    assert embedder.calls - calls == 1
+    assert embedder.texts[texts:] == [
+        "we spent two weeks at the beach with the kids",
+        "the weather was lovely",
+        "a thief paid with my card",
+    ]
 
 
 # --- the scorecard docs/policy.md quotes ----------------------------------------------------------------------
