@@ -11,7 +11,10 @@ characters, leetspeak, spelled-out words) do not change the result. Two paths:
 - semantic: cosine similarity between the text's sentences (and the whole text) and every example,
   examples embedded once at construction, text segments cached per embedder (one cache shared by every
   matcher on the same embedder, so the injection detector and the escalation backstop embed a customer's
-  message once per turn).
+  message once per turn). With ``clause_words`` set, a longer text is also scored clause by clause (split
+  at punctuation and coordinating conjunctions, :func:`_clauses`): one clause of a long message is nearer
+  its example than the whole text; in :meth:`SemanticMatcher.classify` a clause only matches when the text
+  around it is not itself a near miss of that label.
 
 A label matches when its best score reaches its threshold; :meth:`SemanticMatcher.classify` also asks that
 it beat a label of near misses by a margin. An optional ``lexicon`` (word -> English word, for an
