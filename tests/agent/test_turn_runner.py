@@ -193,6 +193,7 @@ class Harness:
     tools: FakeTools = field(default_factory=FakeTools)
     store: MemoryStore = field(default_factory=MemoryStore)
     settings: TurnSettings = field(default_factory=TurnSettings)
+    checks: Any = guardrails  # the guardrails package, or a stand-in for it
 
     @property
     def runner(self) -> TurnRunner:
@@ -203,7 +204,7 @@ class Harness:
             tools=self.tools,
             store=self.store,
             policy=POLICY,
-            guardrails=guardrails,
+            guardrails=self.checks,
         )
 
     def turn(
@@ -651,19 +652,11 @@ class _SlowToWarmGuardrails:
 
 
 def test_turns_wait_for_the_models_to_load_without_holding_the_event_loop() -> None:
-    harness = Harness(ScriptedModel(_answer("You have 30 days to return an item [1].")))
     slow = _SlowToWarmGuardrails()
+    harness = Harness(ScriptedModel(_answer("You have 30 days to return an item [1].")), checks=slow)
 
     async def scenario() -> FinalEvent:
-        runner = TurnRunner(
-            settings=harness.settings,
-            model=harness.model,
-            retrieval=harness.retrieval,
-            tools=harness.tools,
-            store=harness.store,
-            policy=POLICY,
-            guardrails=slow,
-        )
+        runner = harness.runner
 
         async def first_turn() -> list[TurnEvent]:
             return [event async for event in runner.run(TurnRequest("c1", "How long do I have to return?"))]
