@@ -100,6 +100,8 @@ audit = logging.getLogger("agent_service.audit")
 # Of the turn's time budget, what model calls leave for persisting and replying (the smaller of the two).
 MAX_REPLY_RESERVE_SECONDS = 2.0
 REPLY_RESERVE_SHARE = 0.2
+# At most one "turns shed" log line per this many seconds (it carries the count since the last one).
+SHED_LOG_SECONDS = 1.0
 NEUTRAL_SUMMARY = "See the conversation transcript in the support console."
 _CITATION = re.compile(r"\[(\d{1,3})\]")
 # The digest a withheld or truncated stored message ends with (texts.withheld_message, truncated_message).
@@ -264,11 +266,25 @@ class TurnRunner:
         self._actions = action_flow.ActionFlow(tools)
         self._active = 0
         self._warm: asyncio.Future[None] | None = None
+        self._shed_logged_at = -SHED_LOG_SECONDS
+        self._shed_since_log = 0
         self._rate = CustomerRateLimiter(settings.customer_turns_per_minute, settings.customer_turn_burst)
 
     @property
     def active_turns(self) -> int:
         return self._active
+
+    def _log_shed(self) -> None:
+        """One WARNING line per `SHED_LOG_SECONDS` with the number of turns shed since the last one: a burst of
+        rejections is one event for the operator, and a line per rejection cost the burst's latency."""
+        self._shed_since_log += 1
+        now = time.monotonic()
+        if now - self._shed_logged_at >= SHED_LOG_SECONDS:
+            logger.warning(
+                "turns shed: too many turns in flight",
+                extra={"active_turns": self._active, "shed": self._shed_since_log},
+            )
+            self._shed_logged_at, self._shed_since_log = now, 0
 
     def start_warm_up(self) -> asyncio.Future[None]:
         """Loads the embedding models of the injection detector and the escalation backstop in a worker thread
@@ -294,7 +310,7 @@ class TurnRunner:
         validate_request(request, self._settings)
         self._check_rate(request)
         if self._active >= self._settings.max_concurrent_turns:
-            logger.warning("turn shed: too many turns in flight", extra={"active_turns": self._active})
+            self._log_shed()
             raise OverloadedError("the agent is at capacity; retry shortly")
         self._active += 1
         warm = self.start_warm_up()

@@ -465,11 +465,15 @@ def test_a_conversation_with_a_turn_in_flight_is_busy() -> None:
         harness.turn("Hello")
 
 
-def test_turns_beyond_capacity_are_shed() -> None:
+def test_turns_beyond_capacity_are_shed_and_a_burst_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     harness = Harness(ScriptedModel(_answer("unused")))
     harness.settings = TurnSettings(max_concurrent_turns=0)
-    with pytest.raises(OverloadedError):
-        harness.turn("Hello")
+    runner = harness.runner
+    for _ in range(5):
+        with pytest.raises(OverloadedError):
+            harness.turn("Hello", runner=runner)
+    shed_lines = [record for record in caplog.records if record.getMessage().startswith("turns shed")]
+    assert len(shed_lines) == 1 and shed_lines[0].__dict__["shed"] == 1
 
 
 def test_another_customers_conversation_is_refused() -> None:
