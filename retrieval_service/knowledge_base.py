@@ -239,11 +239,9 @@ class KnowledgeBase:
         self._queries = (
             QueryBatcher(embedding.embed_batch, max_batch=query_batch) if query_batch > 1 else None
         )
-        # Rare in the language: the model's WordPiece vocabulary (the frequent words of a general corpus) has
-        # no single piece for the term (retrieval_service.lexical_index, "Exact terms"). Cached per term.
-        self._uncommon = functools.lru_cache(maxsize=100_000)(
-            lambda term: self._embedding.count_tokens(term) > 1
-        )
+        # Rare in the language: the model's vocabulary has no single piece for the term
+        # (retrieval_service.lexical_index, "Exact terms").
+        self._uncommon = lambda term: not embedding.model.is_whole_word(term)
         self._snapshots = SnapshotManager(
             store, embedding, self.limits.filter_keys, sync_max_chunks=sync_index_max_chunks
         )

@@ -28,6 +28,7 @@ DEFAULT_BATCH_SIZE = 16
 # Padded tokens per forward pass. Measured on 2 cores: long sequences run fastest in small batches (big
 # padded batches thrash the cache), short ones in batches of ~8-16.
 DEFAULT_TOKEN_BUDGET = 512
+WHOLE_WORD_CACHE = 100_000
 
 Vector = npt.NDArray[np.float32]
 
@@ -95,6 +96,7 @@ class MiniLMModel:
         self._counter.no_padding()
         self._counter.no_truncation()
         self._lock = threading.Lock()
+        self._whole_words: dict[str, bool] = {}
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -155,6 +157,17 @@ class MiniLMModel:
         """Word pieces in `text`, without [CLS]/[SEP] and without truncation."""
         with self._lock:
             return len(self._counter.encode(text, add_special_tokens=False).ids)
+
+    def is_whole_word(self, word: str) -> bool:
+        """Whether the model's WordPiece vocabulary (the frequent words of a large general corpus) has `word` as
+        one piece: "instead" and "safe" yes; product names, acronyms, error numbers ("jira", "amex", "429") no.
+        Cached per word (up to WHOLE_WORD_CACHE words)."""
+        known = self._whole_words.get(word)
+        if known is None:
+            known = self.count_tokens(word) == 1
+            if len(self._whole_words) < WHOLE_WORD_CACHE:
+                self._whole_words[word] = known
+        return known
 
     def count_tokens_batch(self, texts: Sequence[str]) -> list[int]:
         with self._lock:

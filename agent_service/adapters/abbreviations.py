@@ -40,7 +40,7 @@ def spelled_by_word_starts(short: str, words: Sequence[str]) -> bool:
 
 
 def abbreviation_candidates(
-    question_words: Collection[str], known_words: Collection[str], word_pieces: Callable[[str], int]
+    question_words: Collection[str], known_words: Collection[str], is_whole_word: Callable[[str], bool]
 ) -> dict[str, str]:
     """{question word: what to spell} for the words of the question that read as abbreviations: short, in no
     candidate sentence (`known_words`), and more than one word piece for the embedding model's tokenizer."""
@@ -49,6 +49,6 @@ def abbreviation_candidates(
         short = word[:-1] if word.endswith("s") and len(word) > MIN_LETTERS else word
         if not (MIN_LETTERS <= len(short) <= MAX_LETTERS and short.isalpha()) or word in known_words:
             continue
-        if word_pieces(word) > 1:
+        if not is_whole_word(word):
             found[word] = short
     return found

@@ -270,12 +270,12 @@ def _content_words(text: str) -> list[str]:
 def _spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedder | None) -> list[set[str]]:
     """For each candidate, the question's terms it writes out in full ("pull requests" for "PRs"); none
     without the embedding model's tokenizer, which tells an abbreviation from a word."""
-    word_pieces = getattr(embedder, "count_tokens", None)
-    if word_pieces is None:
+    is_whole_word = getattr(embedder, "is_whole_word", None)
+    if is_whole_word is None:
         return [set() for _ in candidates]
     known = {word for s in candidates for word in _content_words(f"{s.heading} {s.text}")}
     known |= {_stem(word) for word in known}
-    abbreviations = abbreviation_candidates(_content_words(question), known, word_pieces)
+    abbreviations = abbreviation_candidates(_content_words(question), known, is_whole_word)
     if not abbreviations:
         return [set() for _ in candidates]
     return [

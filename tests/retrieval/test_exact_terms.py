@@ -33,7 +33,7 @@ background, so you can keep working meanwhile, and we email you when they are do
 
 def _uncommon(embedding: MiniLMEmbedding) -> Callable[[str], bool]:
     """The knowledge base's test: the model's vocabulary has no single word piece for the term."""
-    return lambda term: embedding.count_tokens(term) > 1
+    return lambda term: not embedding.model.is_whole_word(term)
 
 
 def test_only_rare_uncommon_terms_are_exact(embedding: MiniLMEmbedding) -> None:
