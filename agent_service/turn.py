@@ -670,17 +670,17 @@ class TurnRunner:
         self, turn: _Turn, conversation: Conversation, search: asyncio.Task[RetrievalResult]
     ) -> AsyncIterator[TurnEvent]:
         """Awaits the search started with the turn (fused with a search in the context of the previous message
-        for a follow-up) and quarantines chunks that carry instructions: they never reach the model (nor the
-        customer through it)."""
+        for a follow-up) and screens each chunk for instructions (`screen_kb_chunk`): what carries them never
+        reaches the model (nor the customer through it)."""
         retrieved = await self._searched(turn, conversation, search)
         kept = []
         for hit in () if retrieved.nothing_relevant else retrieved.hits:
             # The title reaches the model too (as data), so it is screened with the text.
-            suspicious = self._guardrails.scan_untrusted(f"kb:{hit.doc_id}", f"{hit.title}\n{hit.text}")
-            for flag in suspicious:
+            screen = self._guardrails.screen_kb_chunk(hit.doc_id, hit.title, hit.text)
+            for flag in screen.flags:
                 yield turn.record(GuardrailEvent(flag))
-            if not suspicious:
-                kept.append(hit)
+            if screen.text is not None:
+                kept.append(hit if not screen.flags else replace(hit, title=screen.title, text=screen.text))
         turn.hits = tuple(kept)
         turn.knowledge_gap = not turn.hits
         yield SourcesEvent(tuple(Source.of(hit) for hit in turn.hits), turn.knowledge_gap)

@@ -21,7 +21,7 @@ from agent_service.domain import (
     TurnResult,
 )
 from agent_service.errors import InvalidInputError
-from agent_service.guardrails import DEFAULT_MAX_INPUT_CHARS, InputVerdict, OutputVerdict
+from agent_service.guardrails import DEFAULT_MAX_INPUT_CHARS, InputVerdict, KbScreen, OutputVerdict
 
 MAX_ID_CHARS = 128
 _ALLOWED_MESSAGE_CONTROLS = frozenset("\n\r\t")
@@ -146,6 +146,8 @@ class Guardrails(Protocol):
     def extract_links(self, text: str) -> set[str]: ...
 
     def scan_untrusted(self, label: str, text: str) -> Sequence[Flag]: ...
+
+    def screen_kb_chunk(self, doc_id: str, title: str, text: str) -> KbScreen: ...
 
     def warm_up(self) -> bool: ...
 

@@ -5,8 +5,9 @@ Input (`check_input`): instruction overrides, requests for the system prompt, ro
 (including forged chat-template tokens), encoded payloads that decode to any of those, oversize messages,
 invisible/control characters; the patterns see the shared normalisation (look-alikes, zero-width
 characters, leetspeak, split words undone), and what they miss (paraphrases, other languages) goes to the
-semantic detector. Untrusted data (`scan_untrusted`): the same over KB chunks and tool results, which the
-turn then quarantines. Output (`check_output`): system-prompt leakage (a long verbatim span) and links
+semantic detector. Untrusted data: the same over tool results (`scan_untrusted`), which the turn then
+quarantines, and KB chunks (`screen_kb_chunk`: a pattern hit quarantines the chunk, a semantic hit withholds
+the paragraphs it flags). Output (`check_output`): system-prompt leakage (a long verbatim span) and links
 whose domain is not on the operator's allow-list (a link in a KB chunk is not trusted for being there).
 `untrusted_block` wraps KB chunks and tool results as delimited, labelled untrusted data for the prompt.
 What blocks and what only flags is documented in docs/policy.md.
@@ -24,8 +25,10 @@ blocks), `links`, `output_check`.
 from agent_service.guardrails.input_check import (
     DEFAULT_MAX_INPUT_CHARS,
     InputVerdict,
+    KbScreen,
     check_input,
     scan_untrusted,
+    screen_kb_chunk,
 )
 from agent_service.guardrails.links import DEFAULT_ALLOWED_DOMAINS, LINK_REMOVED, extract_links
 from agent_service.guardrails.normalise import strip_control_characters
@@ -50,11 +53,13 @@ __all__ = [
     "SAFE_REPLY_SYSTEM_PROMPT",
     "UNTRUSTED_DATA_INSTRUCTIONS",
     "InputVerdict",
+    "KbScreen",
     "OutputVerdict",
     "check_input",
     "check_output",
     "extract_links",
     "scan_untrusted",
+    "screen_kb_chunk",
     "strip_control_characters",
     "untrusted_block",
     "use_injection_detector",

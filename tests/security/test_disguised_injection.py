@@ -12,6 +12,7 @@ the numbers.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -24,12 +25,14 @@ import yaml
 
 from agent_service import guardrails
 from agent_service.injection_detector import EXAMPLES_PATH, InjectionDetector, default_detector
+from retrieval_service.chunking import chunk_document, parse_document
 from service_kit.embedding import MiniLMModel
 from service_kit.semantic_match import SemanticMatcher, Vector, load_examples
 
 DATA = Path(__file__).parent / "data"
 HELDOUT_FILES = ("injection_heldout.yaml", "injection_heldout_other_business.yaml")
 KB_DIR = Path(__file__).parents[2] / "kb"
+DEV_KB_DIR = Path(__file__).parents[2] / "evals" / "dev_saas_kb"  # the development suite's help center
 
 # Floors with margin below the measured scores (docs/policy.md records them: recall 58/69, false positives
 # 4/94, per kind at least 14/20, quarantine 56/69), so a regression fails and noise does not.
@@ -63,11 +66,13 @@ def _heldout() -> list[Item]:
 HELDOUT = _heldout()
 
 
-def _kb_chunks() -> list[str]:
-    """The shipped help-center articles, one chunk per paragraph (what retrieval returns, roughly)."""
-    chunks: list[str] = []
-    for path in sorted(KB_DIR.glob("*.md")):
-        chunks += [part.strip() for part in path.read_text("utf-8").split("\n\n") if len(part.strip()) > 40]
+def _kb_chunks(kb_dir: Path) -> list[tuple[str, str]]:
+    """A help center's articles as the retrieval service chunks them: (title, chunk text)."""
+    count = MiniLMModel.shared().count_tokens_batch
+    chunks: list[tuple[str, str]] = []
+    for path in sorted(kb_dir.glob("*.md")):
+        parsed = parse_document(path.name, path.read_text("utf-8"))
+        chunks += [(parsed.title, chunk.text) for chunk in chunk_document(path.name, parsed, count)]
     return chunks
 
 
@@ -136,17 +141,24 @@ def test_heldout_recall_and_false_positives(detector: InjectionDetector) -> None
     assert all(a or not b for a, b in zip(after, before, strict=True))
 
 
+def _withheld(attack: str, screen: guardrails.KbScreen) -> bool:
+    """No sentence of the attack reaches the model: the chunk is quarantined, or its paragraph withheld."""
+    if screen.text is None:
+        return True
+    sentences = [part.strip() for part in re.split(r"(?<=[.!?;:])\s+|\n+", attack) if part.strip()]
+    return not any(sentence in screen.text for sentence in sentences)
+
+
 def test_quarantine_holds_for_heldout_attacks_inside_data(detector: InjectionDetector) -> None:
-    """The same attacks hidden in a KB paragraph or a tool result are quarantined; real KB text is not."""
+    """The same attacks hidden in a KB chunk are withheld (the chunk, or the attack's paragraph) and in a
+    tool result quarantined; no chunk of a real help center is withheld whole (the shipped one and the
+    development suite's)."""
     guardrails.use_injection_detector()
     attacks = [item for item in HELDOUT if item.attack]
+    paragraph = "Express shipping takes 1-2 business days; standard shipping takes 3-5 business days."
     kb_hits = [
-        bool(
-            guardrails.scan_untrusted(
-                "kb:shipping.md",
-                "Express shipping takes 1-2 business days; standard shipping takes 3-5 business days.\n\n"
-                + item.text,
-            )
+        _withheld(
+            item.text, guardrails.screen_kb_chunk("shipping.md", "Shipping", f"{paragraph}\n\n{item.text}")
         )
         for item in attacks
     ]
@@ -157,13 +169,21 @@ def test_quarantine_holds_for_heldout_attacks_inside_data(detector: InjectionDet
     print(f"\nquarantine: KB {sum(kb_hits)}/{len(attacks)}, tool result {sum(tool_hits)}/{len(attacks)}")
     assert sum(kb_hits) / len(attacks) >= MIN_QUARANTINE_RECALL
     assert sum(tool_hits) / len(attacks) >= MIN_QUARANTINE_RECALL
-    chunks = _kb_chunks()
-    flagged = [chunk[:80] for chunk in chunks if guardrails.scan_untrusted("kb:shipped", chunk)]
-    print(f"shipped KB chunks quarantined: {len(flagged)}/{len(chunks)}", *flagged, sep="\n  ")
-    assert len(flagged) <= MAX_KB_CHUNKS_QUARANTINED, flagged
+    for kb_dir in (KB_DIR, DEV_KB_DIR):
+        screens = [
+            (chunk, guardrails.screen_kb_chunk(kb_dir.name, title, chunk))
+            for title, chunk in _kb_chunks(kb_dir)
+        ]
+        lost = [chunk[:80] for chunk, screen in screens if screen.text is None]
+        trimmed = [chunk[:80] for chunk, screen in screens if screen.text is not None and screen.flags]
+        print(
+            f"{kb_dir.name} chunks quarantined: {len(lost)}/{len(screens)}, a paragraph withheld: {len(trimmed)}"
+        )
+        print(*lost, *trimmed, sep="\n  ")
+        assert len(lost) <= MAX_KB_CHUNKS_QUARANTINED, lost
     data = yaml.safe_load((DATA / HELDOUT_FILES[1]).read_text("utf-8"))["benign_data"]
     wrong = [item["text"][:80] for item in data if guardrails.scan_untrusted("kb:other", item["text"])]
-    print(f"held-out KB paragraphs / tool results quarantined: {len(wrong)}/{len(data)}", *wrong, sep="\n  ")
+    print(f"held-out KB paragraphs / tool results flagged: {len(wrong)}/{len(data)}", *wrong, sep="\n  ")
     assert len(wrong) <= MAX_HELDOUT_DATA_QUARANTINED, wrong
 
 
