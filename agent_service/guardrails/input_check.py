@@ -95,8 +95,8 @@ _SEMANTIC_KINDS: Final[dict[str, tuple[str, str]]] = {
 
 
 def scan_untrusted(label: str, text: str) -> tuple[Flag, ...]:
-    """Flags instruction-like text inside a KB chunk or tool result. The turn quarantines flagged data: a
-    flagged tool result is replaced by an error result, a KB chunk goes through :func:`screen_kb_chunk`.
+    """Flags instruction-like text inside untrusted data. The turn replaces a flagged tool result by an error
+    result; KB chunks go through :func:`screen_kb_chunk`, which decides how much of a chunk to withhold.
 
     The patterns (on the folded and the undisguised text) first; the semantic detector only when they
     find nothing. Cached per text and detector: the same KB chunks come back turn after turn."""
