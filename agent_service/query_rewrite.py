@@ -4,9 +4,11 @@ A message like "what about Canada?" or "how much is it?" means nothing to a sear
 "it" is, or what Canada is being asked about, is in the customer's previous message. Deterministic, no model:
 
 * :func:`is_follow_up` — a short message (at most :data:`MAX_FOLLOW_UP_CONTENT_WORDS` content words) that
-  opens like a continuation ("and …", "what about …", "also …") or refers back with a pronoun ("it", "that",
-  "them" …), or a message of a single content word ("Canada?"). Standalone questions name their subject
-  and are left alone.
+  opens like a continuation ("and …", "what about …", "also …"), refers back with a pronoun ("it", "that",
+  "them" …) or with a definite noun ("how long does the link work?" after a question on exports: "the"
+  names something already mentioned), or a message of a single content word ("Canada?"). Standalone
+  questions name their subject and are left alone; a short one that only looks like a follow-up keeps its
+  own results through :func:`fuse`.
 * :func:`contextual_query` — the follow-up appended to the customer message(s) it leans on (the previous
   message, and the ones before it while those were follow-ups too; at most :data:`MAX_CONTEXT_MESSAGES`).
 * :func:`fuse` — the turn searches both the message as written (started with the turn, before the history is
@@ -71,6 +73,8 @@ _FUNCTION_WORDS: Final[frozenset[str]] = frozenset(
     they this those to too up us very was we were what what's when where which while who whom whose why will
     with would yes you you're your yours hi hello hey well oh right sure""".split()  # noqa: SIM905
 )
+# A definite noun in a short message names something said before ("does the link expire?").
+_DEFINITE_ARTICLE: Final[str] = "the"
 # "there" points back ("do you deliver there?") unless it is existential ("is there", "there are").
 _BE: Final[frozenset[str]] = frozenset(["is", "are", "was", "were", "isn't", "aren't", "will", "'s"])
 
@@ -103,7 +107,7 @@ def _points_back(words: Sequence[str], index: int) -> bool:
         before = words[index - 1] if index else ""
         after = words[index + 1] if index + 1 < len(words) else ""
         return before not in _BE and after not in _BE
-    return word in _ANAPHORA
+    return word in _ANAPHORA or word == _DEFINITE_ARTICLE
 
 
 def context_messages(previous: Sequence[str]) -> list[str]:

@@ -34,6 +34,7 @@ from tests.agent.test_turn_runner import Harness, ScriptedModel, _answer
         "Do you deliver there?",
         "Iceland?",
         "and if it's broken?",
+        "how long does the link work?",
     ],
 )
 def test_short_messages_that_point_back_are_follow_ups(message: str) -> None:
