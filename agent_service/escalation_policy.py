@@ -97,7 +97,22 @@ _NEGATED_INTENT: Final[re.Pattern[str]] = re.compile(
     r"(?:want|wish|intend|plan|need|mean)\b"
     r"|\b(?:i'm|im|i\s+am|we're|we\s+are)\s+not\s+(?:going|planning|trying)\s+to\b"
     r"|\b(?:want|would\s+like|need)\s+(?:no|not|pas|nicht|kein|keine|keinen)\b|\bwill\s+(?:no|kein|keine|keinen)\b"
-    r"|\bno\s+(?:intention|plan|plans|wish|desire)\b|\brather\s+not\b",
+    r"|\bno\s+(?:intention|plan|plans|wish|desire)\b|\brather\s+not\b"
+    # a belief taken back in the same clause ("I thought I'd been charged twice, but it was my mistake")
+    r"|\b(?:i|we)\s+(?:thought|assumed|believed)\b",
+    re.IGNORECASE,
+)
+# A clause that asks how to do something oneself ("do I need to set up a new account or can I take over
+# theirs", "how do I add a second card", "¿cómo puedo...", "wie kann ich ..."), matched at the start of a
+# clause after the lexicon: a self-service question about a topic, not a report of an incident, so the
+# semantic layer does not match a sensitive topic there (a request for a person, "can I talk to someone",
+# and sentiment, "why is your service so bad", still can; the rules still apply).
+_HOW_TO_QUESTION: Final[re.Pattern[str]] = re.compile(
+    r"^[\W_]*(?:(?:hi|hello|hey|hiya|ok|so|and|also|quick\s+q(?:uestion)?)\b[\W_]*)*"
+    r"(?:(?:how|where|when|what|can|could|do|should|may|would)\s+(?:(?:do|can|should|could|would)\s+)?(?:i|we)\b"
+    r"|is\s+(?:it|there)\s+(?:possible|a\s+way)\b"
+    r"|c[oó]mo\s+(?:puedo|hago|fa[cç]o|posso)\b|(?:puedo|posso)\b|comment\s+(?:je|i|puis|faire)\b"
+    r"|(?:wie|wo|wann)\s+kann\s+(?:ich|i)\b|kann\s+(?:ich|i)\b)",
     re.IGNORECASE,
 )
 # A hypothetical in a question ("if someone hacked my account, what should I do", "what happens if my card
@@ -137,7 +152,7 @@ _DEFAULT_NEGATION_CUES: Final[tuple[str, ...]] = (
 NEGATIVE_LABEL: Final[str] = "negative"
 DEFAULT_MARGIN: Final[float] = 0.04
 DEFAULT_SEMANTIC_THRESHOLD: Final[float] = 0.6
-CLAUSE_WORDS: Final[int] = 12
+CLAUSE_WORDS: Final[int] = 10
 _DEFAULT_OUTCOME_PRIORITY: Final[dict[str, Priority]] = {
     "customer_request": "medium",
     "negative_sentiment": "high",
@@ -471,12 +486,15 @@ class EscalationPolicy:
 
     def _declines(self, name: str, normalised: str) -> bool:
         """Whether a part of a message (normalised) declines what category ``name`` is about ("I don't want
-        to dispute the charge", :data:`_NEGATED_INTENT`), so the semantic layer does not match it there: the
-        embedding model does not see the negation. A request for a person is judged on the whole message
-        instead (:meth:`_semantic_negated`)."""
+        to dispute the charge", :data:`_NEGATED_INTENT`) or, for a sensitive topic, is a self-service question
+        ("can I take over the previous tenant's account", :data:`_HOW_TO_QUESTION`), so the semantic layer does
+        not match it there: the embedding model does not see the negation or the question. A request for a
+        person is judged on the whole message instead (:meth:`_semantic_negated`)."""
         _, category = self._by_name[name]
         if not category.negatable or category.reason_code == "customer_request":
             return False
+        if category.reason_code == "sensitive_topic" and _HOW_TO_QUESTION.search(normalised):
+            return True
         return _NEGATED_INTENT.search(normalised) is not None
 
     def _semantic_margin(self) -> float:

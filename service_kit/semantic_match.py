@@ -191,14 +191,16 @@ class SemanticMatcher:
         self.thresholds: dict[str, float] = {
             label: (thresholds or {}).get(label, default_threshold) for label in self.labels
         }
-        # Words of the examples, so a customer's "ign ore" is rejoined to an example's "ignore".
+        # Words of the examples, so a customer's "ign ore" is rejoined to an example's "ignore"; and the
+        # lexicon's words (always: "c o b r a r a m" is "cobraram", not "cobra rama", and then "charged"),
+        # which only change a text that has one of them split or spelled out.
         self.keywords: frozenset[str] = frozenset(
             word
             for texts in examples.values()
             for text in texts
             for word in _WORDS.findall(fold_characters(text))
             if join_keywords
-        )
+        ) | frozenset(key for key in self.lexicon if " " not in key and _WORDS.fullmatch(key))
         self._examples: list[_Example] = []
         for label, texts in examples.items():
             for text in texts:

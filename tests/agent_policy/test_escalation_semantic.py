@@ -38,6 +38,13 @@ from service_kit.text_normalise import translate_words
 from support_eval.suite import load_suite
 
 TUNING = Path(__file__).parent / "data" / "escalation_tuning.yaml"
+# A business nobody tuned for (an energy utility): `split: tune` may inform the examples, `split: test` is
+# only measured (test_fresh_set_test_half_scorecard). The extra tuning data (airline, telecom, delivery,
+# hotel, car rental, gym) is all tune.
+FRESH = Path(__file__).parent / "data" / "escalation_fresh.yaml"
+EXTRA_TUNE = Path(__file__).parent / "data" / "escalation_extra_tune.yaml"
+# Written after the examples were last changed (parcel delivery, insurance, courses), not tuned on.
+FRESH_CHECK = Path(__file__).parent / "data" / "escalation_fresh_check.yaml"
 DEV_SUITE = Path(__file__).parents[2] / "evals" / "dev_saas.yaml"
 EXAMPLES = DEFAULT_RULES_PATH.with_name("escalation_examples.yaml")
 
@@ -49,6 +56,7 @@ class Case:
     lang: str
     kind: str
     known_miss: bool = False
+    split: str = "tune"
 
     @property
     def id(self) -> str:
@@ -61,6 +69,18 @@ def tuning_cases() -> tuple[Case, ...]:
     positives = [Case(**item) for item in data["positives"]]
     near = [Case(category=None, **item) for item in data["near_misses"]]
     return (*positives, *near)
+
+
+def _cases(path: Path) -> tuple[Case, ...]:
+    data = yaml.safe_load(path.read_text("utf-8"))
+    positives = [Case(**item) for item in data["positives"]]
+    near = [Case(category=None, **item) for item in data["near_misses"]]
+    return (*positives, *near)
+
+
+@functools.cache
+def fresh_cases(split: str) -> tuple[Case, ...]:
+    return tuple(case for case in _cases(FRESH) if case.split == split)
 
 
 @functools.cache
@@ -120,8 +140,21 @@ def test_no_tuning_message_is_copied_into_the_examples() -> None:
     semantic = _semantic()
     examples = {" ".join(text.casefold().split()) for _, _, texts in semantic.labels for text in texts}
     examples |= {" ".join(text.casefold().split()) for text in semantic.negatives}
-    copied = [c.text for c in tuning_cases() if " ".join(c.text.casefold().split()) in examples]
+    cases = (*tuning_cases(), *_cases(FRESH), *_cases(EXTRA_TUNE), *_cases(FRESH_CHECK))
+    copied = [c.text for c in cases if " ".join(c.text.casefold().split()) in examples]
     assert not copied
+
+
+def test_fresh_set_is_split_before_measuring_and_covers_every_category_and_language() -> None:
+    """The fresh set's split is fixed by the file (alternate entries per language and kind), half and half."""
+    tune, test = fresh_cases("tune"), fresh_cases("test")
+    assert {c.split for c in _cases(FRESH)} == {"tune", "test"}
+    categories = {category for category, _, _ in _semantic().labels}
+    for half in (tune, test):
+        assert sum(1 for c in half if c.category) >= 20 and sum(1 for c in half if not c.category) >= 20
+        assert {c.lang for c in half} == {"en", "es", "fr", "de", "pt"}
+    assert {c.category for c in (*tune, *test) if c.category} == categories
+    assert {c.split for c in _cases(EXTRA_TUNE)} == {"tune"}
 
 
 def _dev_turns() -> list[tuple[str, bool]]:
@@ -444,7 +477,7 @@ def test_the_detector_and_the_backstop_embed_a_message_once() -> None:
     detector = InjectionDetector.from_yaml(embedder)
     escalation = EscalationPolicy(PolicyRules.load(), embedder=embedder, warm=False)
     assert escalation.warm_up()
-    message = "Hello, a stranger is paying with my credit card on your site."
+    message = "A stranger is paying with my card on your site."
     assert len(message.split()) <= CLAUSE_WORDS  # not split into clauses
     before = len(embedder.texts)
     assert detector.detect(message) is None
@@ -549,3 +582,35 @@ def test_card_numbers_and_contact_details_do_not_decide_the_semantic_layer(
     message: str, escalates: bool
 ) -> None:
     assert (policy().evaluate(message) is not None) is escalates
+
+
+# --- a business nobody tuned for: the fresh set's test half ---------------------------------------------------
+
+
+def _table(name: str, decide: Any, cases: Sequence[Case]) -> list[str]:
+    tp, fp, fn, tn = _rates(decide, cases)
+    lines = [f"{name:<22} escalated {tp}/{tp + fn} = {tp / max(1, tp + fn):.2f}  false {fp}/{fp + tn}"]
+    for lang in ("en", "es", "fr", "de", "pt"):
+        for kind in ("paraphrase", "disguise", "near_miss"):
+            subset = [c for c in cases if c.lang == lang and c.kind == kind]
+            if subset:
+                stp, sfp, sfn, stn = _rates(decide, subset)
+                lines.append(f"    {lang} {kind:<10} escalated {stp}/{stp + sfn}  false {sfp}/{sfp + stn}")
+    return lines
+
+
+def test_fresh_set_test_half_scorecard() -> None:
+    """The energy-utility set (tests/agent_policy/data/escalation_fresh.yaml), measured on its TEST half, which
+    nothing was tuned on; the floors are a little below what it measured when the examples were last changed
+    (17/24 escalated, 1/24 false hand-off; before that work: 12/24 and 1/24; docs/policy.md)."""
+    test = fresh_cases("test")
+    lines = [
+        *_table("fresh TUNE half", policy().evaluate, fresh_cases("tune")),
+        *_table("fresh TEST half", policy().evaluate, test),
+        *_table("extra tuning data", policy().evaluate, _cases(EXTRA_TUNE)),
+        *_table("second check set", policy().evaluate, _cases(FRESH_CHECK)),
+    ]
+    print("\n" + "\n".join(lines))
+    tp, fp, fn, tn = _rates(policy().evaluate, test)
+    assert tp >= 15, f"recall on the fresh test half fell to {tp}/{tp + fn}"
+    assert fp <= 2, f"{fp}/{fp + tn} near misses of the fresh test half handed off"
