@@ -504,12 +504,7 @@ class KnowledgeBase:
         hits: list[Hit] = []
         dropped = 0
         for hit in candidates[:k]:
-            if is_relevant(
-                hit.distance,
-                threshold,
-                lexical_rank=hit.lexical_rank,
-                exact_terms=exact.get(hit.chunk_id, ()),
-            ):
+            if is_relevant(hit.distance, threshold, exact_terms=exact.get(hit.chunk_id, ())):
                 hits.append(hit)
             else:
                 dropped += 1

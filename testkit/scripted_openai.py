@@ -371,11 +371,13 @@ def render_chatml(request: Request) -> str:
 class PromptCache:
     """One llama.cpp slot's prompt cache: `reply(request, Reply(...))` fills in the prompt tokens (characters/4
     of the rendered prompt) and the cached tokens (the prefix it shares with the previous prompt plus that
-    reply), reported as `timings` the way llama-server does. `cached_share` keeps each request's ratio."""
+    reply), reported as `timings` the way llama-server does. `cached_share` keeps each request's ratio,
+    `cached_tokens` its cached prefix in tokens."""
 
     def __init__(self) -> None:
         self._last = ""
         self.cached_share: list[float] = []
+        self.cached_tokens: list[int] = []
 
     def reply(self, request: Request, reply: Reply) -> Reply:
         prompt = render_chatml(request)
@@ -388,6 +390,7 @@ class PromptCache:
         prompt_tokens = max(1, len(prompt) // 4)
         cached = common // 4
         self.cached_share.append(cached / prompt_tokens)
+        self.cached_tokens.append(cached)
         return dataclasses.replace(
             reply, prompt_tokens=prompt_tokens, cached_tokens=cached, cached_as="timings"
         )

@@ -180,6 +180,7 @@ async def test_the_merged_layout_caches_much_less(start_model: StartModel, start
     # changes with the question, so the cache stops at the instructions however long the history is.
     questions = [KB_QUESTION, "How do I reset my password?", "Does a gift card expire?"]
     shares: dict[str, list[float]] = {}
+    prefix: dict[str, list[int]] = {}
     for placement in ("system", "auto"):
         cache = PromptCache()
         model = await start_model(
@@ -189,11 +190,13 @@ async def test_the_merged_layout_caches_much_less(start_model: StartModel, start
         for question in questions:
             await chat(agent, f"c-layout-{placement}", question)
         shares[placement] = cache.cached_share[1:]
+        prefix[placement] = cache.cached_tokens[1:]
     assert all(
         after > before + 0.2 for before, after in zip(shares["system"], shares["auto"], strict=True)
     ), shares
-    # The reordered prefix grows with the conversation (instructions, tools, every exchange before the last).
-    assert shares["auto"][1] > shares["auto"][0], shares
+    # The reordered prefix grows with the conversation (instructions, tools, every exchange before the last);
+    # its share of the prompt also depends on how much KB context each question brings.
+    assert prefix["auto"][1] > prefix["auto"][0], prefix
 
 
 # --- cached tokens in usage --------------------------------------------------------------------------------------
