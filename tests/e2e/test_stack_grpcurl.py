@@ -101,8 +101,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(process, addrs, log_path, data_dir)
     yield running
     if process.poll() is None:
-        process.kill()
-        process.wait()
+        # SIGTERM, as an operator would: devstack stops its three services. SIGKILL would leave them running.
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.mark.parametrize(
