@@ -23,7 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devstack import REPO_ROOT, SERVICES, free_port, isolated_environ
+from devstack import REPO_ROOT, SERVICES, free_port, isolated_environ, stop_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,7 +33,7 @@ CUSTOMER = "x-customer-id: cust-001"
 
 @dataclass
 class Stack:
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     addrs: dict[str, str]
     log_path: Path
     data_dir: Path
@@ -90,7 +90,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            text=True,
         )
     deadline = time.monotonic() + 180
     while "ready." not in log_path.read_text():
@@ -100,14 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         time.sleep(0.2)
     running = Stack(process, addrs, log_path, data_dir)
     yield running
-    if process.poll() is None:
-        # SIGTERM, as an operator would: devstack stops its three services. SIGKILL would leave them running.
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # SIGTERM, as an operator would: devstack stops its three services (SIGKILL would leave them running).
+    stop_process(process, timeout=30, label="devstack")
 
 
 @pytest.mark.parametrize(
