@@ -235,9 +235,14 @@ def test_declining_what_a_category_is_about_does_not_escalate(policy: Escalation
         ("I'm never going to use your service again, you are useless", "negative_sentiment"),
         # the declining clause does not shield the other one
         ("I don't want excuses, someone is using my card", "payment_fraud"),
+        # a conditional outside a question is a threat or a demand
+        ("Voy a hablar con mi abogado si no me devuelven el dinero", "legal"),
+        # what happened is outside the hypothetical
+        ("My card was stolen, what should I do if they use it?", "payment_fraud"),
+        ("can I talk to a human if the bot can't help?", "human_request"),
     ],
 )
-def test_a_negated_fact_or_a_refusal_still_escalates(
+def test_a_negated_fact_a_refusal_or_a_fact_beside_a_hypothetical_still_escalates(
     policy: EscalationPolicy, message: str, category: str
 ) -> None:
     decision = policy.evaluate(message)
@@ -259,23 +264,6 @@ def test_a_negated_fact_or_a_refusal_still_escalates(
 )
 def test_a_hypothetical_question_does_not_escalate(policy: EscalationPolicy, message: str) -> None:
     assert policy.evaluate(message) is None, policy.evaluate(message)
-
-
-@pytest.mark.parametrize(
-    ("message", "category"),
-    [
-        # a conditional outside a question is a threat or a demand
-        ("Voy a hablar con mi abogado si no me devuelven el dinero", "legal"),
-        # what happened is outside the hypothetical
-        ("My card was stolen, what should I do if they use it?", "payment_fraud"),
-        ("can I talk to a human if the bot can't help?", "human_request"),
-    ],
-)
-def test_a_fact_or_a_request_beside_a_hypothetical_still_escalates(
-    policy: EscalationPolicy, message: str, category: str
-) -> None:
-    decision = policy.evaluate(message)
-    assert decision is not None and decision.trigger.startswith(category + ":"), decision
 
 
 def test_trigger_text_is_redacted_and_bounded(tmp_path: Path) -> None:
