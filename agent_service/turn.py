@@ -295,12 +295,11 @@ class TurnRunner:
         return self._warm
 
     def _warm_up_models(self) -> None:
+        # The checks build (or do without) what they can on first use: a failed warm-up never fails a turn.
         try:
             self._guardrails.warm_up()
             self._policy.warm_up()
-        except (
-            Exception
-        ):  # the checks build (or do without) what they can on first use; never fail a turn here
+        except Exception:
             logger.exception("warming up the guardrail and escalation models failed")
 
     # --- the turn, top-down ------------------------------------------------------------------------------
