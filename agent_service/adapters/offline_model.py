@@ -305,7 +305,8 @@ class SentenceRanker:
     service and the injection detector share) plus LEXICAL_WEIGHT times the share of the question's terms it
     contains (an abbreviation of the question it writes out counts, :mod:`agent_service.adapters.abbreviations`),
     minus HIT_RANK_PENALTY per rank of its chunk, plus ANSWER_TYPE_BONUS when it holds the kind of fact asked
-    for; cross-references ("See the refund policy ...") lose CROSS_REFERENCE_PENALTY. A sentence is embedded under its section heading. For a follow-up (see
+    for; cross-references ("See the refund policy ...") lose CROSS_REFERENCE_PENALTY. A sentence is embedded
+    under its section heading. For a follow-up (see
     :mod:`agent_service.query_rewrite`) the similarity is the mean of the similarities to the message and to
     the message with its context, and the terms are those of the message with its context.
 
