@@ -1,15 +1,16 @@
 """Retrieval benchmark: `python -m bench.retrieval [--chunks N] [--ingest-chunks M] [--queries Q]`.
 
 Through a real in-process retrieval server over gRPC with an embedded Chroma in a temporary folder:
-1. raw embedding throughput: the model alone on every 4th batch of the same chunk texts, interleaved with
-   step 2 so both see the same machine load (chunks/s);
+1. raw embedding throughput: the model alone on every 4th batch of the same chunk texts and their sentences
+   (what ingest embeds: retrieval_service.sentence_index), interleaved with step 2 so both see the same
+   machine load (chunks/s);
 2. ingest throughput: M single-chunk documents through IngestDocuments (validation, token-aware
    chunking, embedding, Chroma upsert), in requests of --batch-size documents (chunks/s);
 3. the collection is then filled up to N chunks: the remaining N-M vectors are the real embeddings of the
-   ingested chunks plus small Gaussian noise, each stored with the text of the chunk it copies (so the HNSW
-   index holds N realistic, clustered vectors and the BM25 index N real texts without running the model N
-   times: 100k real chunks take over an hour on two cores); then the lexical index is built and the threshold
-   calibrated (timed: "index build");
+   ingested chunks (and of their sentences, in the sentence collection) plus small Gaussian noise, each
+   stored with the text of the chunk it copies (so the HNSW indexes hold realistic, clustered vectors and
+   the BM25 index N real texts without running the model N times: 100k real chunks take over an hour on
+   two cores); then the lexical index is built and the threshold calibrated (timed: "index build");
 4. search latency: Q Search calls, one at a time, each including query embedding, the vector and the BM25
    search and their fusion (p50 / p99); interleaved with them (alternating which goes first), the Search
    floor: the same query embedded in this process and the same collection queried by that vector (k=4, the
@@ -38,9 +39,11 @@ from typing import Any
 
 import chromadb
 import numpy as np
+import numpy.typing as npt
 from chromadb.config import Settings
 
 from devstack.credentials import role_channel, shared_test_credentials
+from retrieval_service import sentence_index
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.config import Config
 from retrieval_service.query_batcher import DEFAULT_MAX_BATCH
@@ -142,20 +145,52 @@ def synthetic_article(rng: random.Random, index: int) -> str:
     return "\n".join(sentences)
 
 
+def _embedded_sentences(article: str) -> list[str]:
+    """What ingest embeds beside a one-chunk article: its sentences, each with the title."""
+    title = article.splitlines()[0].lstrip("# ")
+    return [
+        sentence_index.embedded_text(title, sentence) for sentence in sentence_index.sentences_of(article)
+    ]
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
 
 
+def _noisy(rng: np.random.Generator, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    noisy = vectors + rng.normal(0.0, 0.02, vectors.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    return noisy
+
+
 def _fill(data_dir: Path, collection: str, embedding: MiniLMEmbedding, total: int, seed: int) -> float:
-    """Adds noisy copies of the stored vectors until the collection holds `total` chunks; returns seconds."""
+    """Adds noisy copies of the stored chunks, and of their sentence vectors in the sentence collection
+    (retrieval_service.sentence_index), until the collection holds `total` chunks; returns seconds."""
     client: Any = chromadb.PersistentClient(
         path=str(data_dir / "chroma"), settings=Settings(anonymized_telemetry=False)
     )
     store = client.get_collection(collection, embedding_function=embedding)
-    existing = store.get(include=["embeddings", "documents"])
+    existing = store.get(include=["embeddings", "documents", "metadatas"])
     base = np.asarray(existing["embeddings"], dtype=np.float32)
     texts = list(existing["documents"] or [])
+    sentence_store = client.get_collection(
+        collection + sentence_index.COLLECTION_SUFFIX, embedding_function=embedding
+    )
+    said = sentence_store.get(include=["embeddings"])
+    sentence_vectors = dict(zip(said["ids"], np.asarray(said["embeddings"], dtype=np.float32), strict=True))
+    base_sentences = [
+        np.asarray(
+            [
+                sentence_vectors[sentence]
+                for sentence in sentence_index.sentence_ids(
+                    chunk_id, int((meta or {}).get(sentence_index.COUNT_KEY, 0) or 0)
+                )
+            ],
+            dtype=np.float32,
+        ).reshape(-1, base.shape[1])
+        for chunk_id, meta in zip(existing["ids"], existing["metadatas"] or [], strict=True)
+    ]
     missing = total - len(base)
     if missing <= 0:
         return 0.0
@@ -165,14 +200,31 @@ def _fill(data_dir: Path, collection: str, embedding: MiniLMEmbedding, total: in
     for start in range(0, missing, step):
         size = min(step, missing - start)
         chosen = rng.integers(0, len(base), size)
-        picks = base[chosen]
-        vectors = picks + rng.normal(0.0, 0.02, picks.shape).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        ids = [f"synthetic/{start + i}#0" for i in range(size)]
+        metadatas = [
+            {
+                "doc_id": f"synthetic/{start + i}",
+                "category": "synthetic",
+                sentence_index.COUNT_KEY: len(base_sentences[int(index)]),
+            }
+            for i, index in enumerate(chosen)
+        ]
+        copies = [base_sentences[int(index)] for index in chosen]
+        sentence_ids = [
+            sentence
+            for chunk_id, copied in zip(ids, copies, strict=True)
+            for sentence in sentence_index.sentence_ids(chunk_id, len(copied))
+        ]
+        sentence_vectors_copied = _noisy(rng, np.concatenate(copies))
+        for part in range(0, len(sentence_ids), step):
+            sentence_store.upsert(
+                ids=sentence_ids[part : part + step], embeddings=sentence_vectors_copied[part : part + step]
+            )
         store.upsert(
-            ids=[f"synthetic/{start + i}#0" for i in range(size)],
-            embeddings=vectors,
+            ids=ids,
+            embeddings=_noisy(rng, base[chosen]),
             documents=[texts[int(index)] for index in chosen],
-            metadatas=[{"doc_id": f"synthetic/{start + i}", "category": "synthetic"} for i in range(size)],
+            metadatas=metadatas,
         )
         print(f"  filled {start + size}/{missing}", file=sys.stderr, end="\r", flush=True)
     print(file=sys.stderr)
@@ -253,8 +305,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     # Raw embedding of the same texts, interleaved with ingestion so that both see the same
                     # machine load (other processes on a shared box skew two separate phases differently).
                     if number % max(1, args.raw_every) == 0 and raw_chunks < max(1, args.raw_sample):
+                        texts = batch + [sentence for text in batch for sentence in _embedded_sentences(text)]
                         begin = time.perf_counter()
-                        await asyncio.to_thread(embedding.embed, batch)
+                        await asyncio.to_thread(embedding.embed, texts)
                         raw_seconds += time.perf_counter() - begin
                         raw_chunks += len(batch)
                     documents = [

@@ -35,6 +35,7 @@ from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import with_title
 from retrieval_service.lexical_index import LexicalIndex, build_index
 from retrieval_service.relevance import OFF_TOPIC_PROBES, Threshold, calibrated_threshold
+from retrieval_service.sentence_index import nearest_per_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class SnapshotManager:
     def __init__(
         self,
         store: ChromaStore,
+        sentences: ChromaStore,
         embedding: MiniLMEmbedding,
         filter_keys: Sequence[str],
         *,
@@ -78,6 +80,7 @@ class SnapshotManager:
         sync_max_chunks: int = SYNC_MAX_CHUNKS,
     ) -> None:
         self._store = store
+        self._sentences = sentences
         self._embedding = embedding
         self._filter_keys = tuple(filter_keys)
         self._check_seconds = check_seconds
@@ -210,6 +213,13 @@ class SnapshotManager:
     def _calibrate(self, chunks: int) -> Threshold:
         if chunks == 0:
             return calibrated_threshold([], 0)
-        rows = self._store.query_many(probe_vectors(self._embedding), 1, None)
-        best = [row[0][1] for row in rows if row]
+        # The probes are measured as searches measure a chunk: the nearer of it and its nearest sentence.
+        probes = probe_vectors(self._embedding)
+        by_chunk = self._store.query_many(probes, 1, None)
+        by_sentence = self._sentences.query_many(probes, 1, None)
+        best = [
+            min([distance for _, distance in chunk_row[:1]] + list(nearest_per_chunk(sentence_row).values()))
+            for chunk_row, sentence_row in zip(by_chunk, by_sentence, strict=True)
+            if chunk_row or sentence_row
+        ]
         return calibrated_threshold(best, chunks)

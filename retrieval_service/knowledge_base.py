@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval_service import sentence_index
 from retrieval_service.adapters.chroma_store import ChromaStore, Metadata
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import (
@@ -60,6 +61,7 @@ RESERVED_KEYS = frozenset(
         "section",
         "content_type",
         "token_count",
+        sentence_index.COUNT_KEY,
     }
 )
 # Keys Search accepts in `filter` unless the configuration adds more.
@@ -170,6 +172,7 @@ class Stats:
     threshold_source: str = SOURCE_CONFIGURED
     calibrated_max_distance: float | None = None
     lexical_indexed_chunks: int = 0
+    sentences: int = 0
 
 
 @dataclass
@@ -180,9 +183,13 @@ class _Planned:
     chunks: list[Chunk]
     metadatas: list[Metadata]
     report: DocumentReport
+    # The sentences of each chunk (retrieval_service.sentence_index) and the title they are embedded with.
+    sentences: list[list[str]]
+    title: str
     to_embed: list[int] = field(default_factory=list)
     to_relabel: list[int] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
+    stale_sentences: list[str] = field(default_factory=list)
 
 
 def _reject_reason(doc: DocumentIn, limits: Limits) -> str | None:
@@ -232,6 +239,7 @@ class KnowledgeBase:
         many concurrent searches share one query-embedding pass (retrieval_service.query_batcher); 1: each
         search embeds its own query in its own worker thread."""
         self._store = store
+        self._sentences = store.companion(sentence_index.COLLECTION_SUFFIX)
         self._embedding = embedding
         self.limits = limits or Limits()
         self._chunking = chunking or ChunkingOptions()
@@ -243,7 +251,11 @@ class KnowledgeBase:
         # (retrieval_service.lexical_index, "Exact terms").
         self._uncommon = lambda term: not embedding.model.is_whole_word(term)
         self._snapshots = SnapshotManager(
-            store, embedding, self.limits.filter_keys, sync_max_chunks=sync_index_max_chunks
+            store,
+            self._sentences,
+            embedding,
+            self.limits.filter_keys,
+            sync_max_chunks=sync_index_max_chunks,
         )
 
     # --- ingestion -----------------------------------------------------------------------------------
@@ -294,7 +306,8 @@ class KnowledgeBase:
             }
         )
         metadatas: list[Metadata] = []
-        for chunk in chunks:
+        sentences = [sentence_index.sentences_of(chunk.text) for chunk in chunks]
+        for chunk, said in zip(chunks, sentences, strict=True):
             meta = dict(base)
             meta.update(
                 {
@@ -302,10 +315,11 @@ class KnowledgeBase:
                     "chunk_index": chunk.index,
                     "section": chunk.section,
                     "token_count": chunk.token_count,
+                    sentence_index.COUNT_KEY: len(said),
                 }
             )
             metadatas.append(meta)
-        return _Planned(doc, chunks, metadatas, DocumentReport(doc.doc_id, Outcome.ADDED))
+        return _Planned(doc, chunks, metadatas, DocumentReport(doc.doc_id, Outcome.ADDED), sentences, title)
 
     def _ingest_sync(self, documents: list[DocumentIn], prune: bool) -> IngestReport:
         started = time.perf_counter()
@@ -324,29 +338,57 @@ class KnowledgeBase:
         for item in planned:
             self._diff(item, existing.get(item.doc.doc_id, {}), prune)
 
-        # Embed everything new in one call (the model batches by length), then write.
-        embed_texts = [item.chunks[i].embedded_text for item in planned for i in item.to_embed]
-        vectors = self._embedding.embed(embed_texts)
         ids: list[str] = []
         texts: list[str] = []
         metas: list[Metadata] = []
+        sentence_ids: list[str] = []
+        sentence_texts: list[str] = []
+        sentence_metas: list[Metadata] = []
         relabel_ids: list[str] = []
         relabel_metas: list[Metadata] = []
+        relabel_sentence_ids: list[str] = []
+        relabel_sentence_metas: list[Metadata] = []
         stale: list[str] = []
+        stale_sentences: list[str] = []
         for item in planned:
             for i in item.to_embed:
-                ids.append(item.chunks[i].chunk_id)
+                chunk_id = item.chunks[i].chunk_id
+                ids.append(chunk_id)
                 texts.append(item.chunks[i].text)
                 metas.append(item.metadatas[i])
+                sentence_ids.extend(sentence_index.sentence_ids(chunk_id, len(item.sentences[i])))
+                sentence_texts.extend(item.sentences[i])
+                sentence_metas.extend([item.metadatas[i]] * len(item.sentences[i]))
             for i in item.to_relabel:
-                relabel_ids.append(item.chunks[i].chunk_id)
+                chunk_id = item.chunks[i].chunk_id
+                relabel_ids.append(chunk_id)
                 relabel_metas.append(item.metadatas[i])
+                relabel_sentence_ids.extend(sentence_index.sentence_ids(chunk_id, len(item.sentences[i])))
+                relabel_sentence_metas.extend([item.metadatas[i]] * len(item.sentences[i]))
             stale.extend(item.stale)
+            stale_sentences.extend(item.stale_sentences)
+        # Embed everything new in one call (the model batches by length), then write: sentences before their
+        # chunk, whose sentence count says they are there (a write cut short is redone by the next ingest).
+        titles = {id(item): item.title for item in planned}
+        embed_texts = [item.chunks[i].embedded_text for item in planned for i in item.to_embed]
+        embed_texts += [
+            sentence_index.embedded_text(titles[id(item)], sentence)
+            for item in planned
+            for i in item.to_embed
+            for sentence in item.sentences[i]
+        ]
+        vectors = self._embedding.embed(embed_texts)
+        if sentence_ids:
+            self._sentences.upsert(sentence_ids, vectors[len(ids) :], sentence_texts, sentence_metas)
         if ids:
-            self._store.upsert(ids, vectors, texts, metas)
+            self._store.upsert(ids, vectors[: len(ids)], texts, metas)
         if relabel_ids:
+            if relabel_sentence_ids:
+                self._sentences.update_metadata(relabel_sentence_ids, relabel_sentence_metas)
             self._store.update_metadata(relabel_ids, relabel_metas)
         if stale:
+            if stale_sentences:
+                self._sentences.delete(stale_sentences)
             self._store.delete(stale)
         if ids or relabel_ids or stale:
             self._store.mark_refreshed()
@@ -361,6 +403,7 @@ class KnowledgeBase:
                 "unchanged": report.count(Outcome.UNCHANGED),
                 "rejected": report.count(Outcome.REJECTED),
                 "chunks_embedded": len(ids),
+                "sentences_embedded": len(sentence_ids),
                 "chunks_deleted": len(stale),
                 "seconds": round(time.perf_counter() - started, 3),
             },
@@ -372,12 +415,13 @@ class KnowledgeBase:
         new_ids = {chunk.chunk_id for chunk in item.chunks}
         for index, chunk in enumerate(item.chunks):
             old = existing.get(chunk.chunk_id)
-            if old is None:
-                item.to_embed.append(index)
+            if old is None or sentence_index.COUNT_KEY not in old:
+                item.to_embed.append(index)  # new, or stored before it had sentence vectors
             elif old != item.metadatas[index]:
                 item.to_relabel.append(index)
         if prune:
             item.stale = sorted(set(existing) - new_ids)
+            item.stale_sentences = _sentence_ids_of({chunk_id: existing[chunk_id] for chunk_id in item.stale})
         report = item.report
         report.chunks_added = len(item.to_embed)
         report.chunks_unchanged = len(item.chunks) - len(item.to_embed)
@@ -458,10 +502,15 @@ class KnowledgeBase:
         wanted = max(k, CANDIDATES)
         # Ids and distances only: the texts and metadata are fetched below for the pool alone (Chroma reads
         # them from SQLite per result, the larger part of a query's cost for 20 candidates).
-        dense = self._store.query_many([vector], wanted, where)[0]
+        # A chunk is as near as the nearer of its own vector and its nearest sentence (sentence_index).
+        distance = dict(self._store.query_many([vector], wanted, where)[0])
+        sentences = self._sentences.query_many([vector], sentence_index.CANDIDATES, where)[0]
+        for chunk_id, nearest in sentence_index.nearest_per_chunk(sentences).items():
+            distance[chunk_id] = min(nearest, distance.get(chunk_id, nearest))
+        dense = sorted(distance.items(), key=lambda row: row[1])[:wanted]
+        distance = dict(dense)
         lexical = snapshot.lexical.search(query, wanted, filters, self._uncommon) if snapshot else []
         dense_rank = {chunk_id: rank for rank, (chunk_id, _) in enumerate(dense, start=1)}
-        distance = dict(dense)
         lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}
         exact = {hit.chunk_id: hit.exact_terms for hit in lexical}
         fused = reciprocal_rank_fusion(
@@ -565,18 +614,23 @@ class KnowledgeBase:
             return await asyncio.to_thread(self._delete_sync, list(doc_ids), prefix, set(keep))
 
     def _delete_sync(self, doc_ids: list[str], prefix: str, keep: set[str]) -> DeleteReport:
-        by_doc: dict[str, list[str]] = {}
+        by_doc: dict[str, dict[str, Metadata]] = {}
         if doc_ids:
             for doc_id, chunks in self._store.chunks_of(doc_ids).items():
                 if chunks:
-                    by_doc[doc_id] = list(chunks)
+                    by_doc[doc_id] = chunks
         else:
             for chunk_id, meta in self._store.iter_metadata():
                 doc_id = str(meta.get("doc_id", ""))
                 if doc_id.startswith(prefix) and doc_id not in keep:
-                    by_doc.setdefault(doc_id, []).append(chunk_id)
+                    by_doc.setdefault(doc_id, {})[chunk_id] = meta
         chunk_ids = [chunk for chunks in by_doc.values() for chunk in chunks]
         if chunk_ids:
+            sentences = _sentence_ids_of(
+                {chunk: meta for chunks in by_doc.values() for chunk, meta in chunks.items()}
+            )
+            if sentences:
+                self._sentences.delete(sentences)
             self._store.delete(chunk_ids)
             self._store.mark_refreshed()
             self._snapshots.invalidate()
@@ -622,4 +676,14 @@ class KnowledgeBase:
             threshold_source=threshold.source,
             calibrated_max_distance=snapshot.threshold.max_distance if snapshot else None,
             lexical_indexed_chunks=len(snapshot.lexical) if snapshot else 0,
+            sentences=self._sentences.count(),
         )
+
+
+def _sentence_ids_of(chunks: Mapping[str, Metadata]) -> list[str]:
+    """The sentence ids of stored chunks, from the sentence count in their metadata."""
+    return [
+        sentence
+        for chunk_id, meta in chunks.items()
+        for sentence in sentence_index.sentence_ids(chunk_id, int(meta.get(sentence_index.COUNT_KEY, 0) or 0))
+    ]

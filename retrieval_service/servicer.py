@@ -173,6 +173,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                 default_max_distance=stats.default_max_distance,
                 threshold_source=stats.threshold_source,
                 lexical_indexed_chunks=stats.lexical_indexed_chunks,
+                sentences=stats.sentences,
             )
             if stats.calibrated_max_distance is not None:
                 response.calibrated_max_distance = stats.calibrated_max_distance

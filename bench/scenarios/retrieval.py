@@ -14,7 +14,7 @@ from bench.scenarios.context import (
 )
 from bench.stack import REPO_ROOT
 
-RETRIEVAL_TIMEOUT_SECONDS = 600.0
+RETRIEVAL_TIMEOUT_SECONDS = 1800.0
 
 
 async def run_retrieval(ctx: BenchContext) -> list[Figure]:

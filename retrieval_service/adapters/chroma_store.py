@@ -78,11 +78,19 @@ def _mismatch(name: str, found: str) -> EmbeddingMismatchError:
 class ChromaStore:
     """One Chroma collection in cosine space with MiniLMEmbedding attached."""
 
-    def __init__(self, client: Any, collection_name: str, embedding: MiniLMEmbedding) -> None:
+    def __init__(
+        self, client: Any, collection_name: str, embedding: MiniLMEmbedding, *, owns_client: bool = True
+    ) -> None:
         self._client = client
         self._name = collection_name
         self._embedding = embedding
+        self._owns_client = owns_client
         self._collection = self._open()
+
+    def companion(self, suffix: str) -> ChromaStore:
+        """Another collection on the same client (`<name><suffix>`), e.g. the sentence vectors of this one's
+        chunks; closing it leaves the client to this store."""
+        return ChromaStore(self._client, f"{self._name}{suffix}", self._embedding, owns_client=False)
 
     @property
     def name(self) -> str:
@@ -131,7 +139,8 @@ class ChromaStore:
 
     def close(self) -> None:
         """Releases the client (an embedded store's files are closed once no other client uses them)."""
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     # --- reads ---------------------------------------------------------------------------------------
 

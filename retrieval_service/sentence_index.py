@@ -1,0 +1,85 @@
+"""Sentence vectors beside the chunk vectors: a chunk is as near to a question as its nearest sentence.
+
+A chunk's single vector averages everything it says. A question about one fact in a chunk that says five
+things ("do I have to put my card in to try it?" against a free-trial article whose third sentence is "No
+credit card is needed") lands far from that average, often beyond the relevance threshold, while its
+distance to the one sentence is short. So every chunk's sentences are embedded too, each prefixed with the
+article title ("Free trial: No credit card is needed."), and kept in a companion collection. A search asks
+both collections; a chunk's distance is the smaller of its own and its nearest sentence's plus `MARGIN`,
+and a chunk found only through a sentence joins the candidates. The relevance threshold is calibrated on the same
+measure (retrieval_service.kb_snapshot), and the agent still reads whole chunks.
+
+Measured on the tuning data and the development help center (docs/retrieval.md, "Sentence vectors"):
+sentences beat windows of 32-96 word pieces and smaller chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# The sentence collection is `<chunk collection><SUFFIX>` on the same Chroma.
+COLLECTION_SUFFIX = "_sentences"
+# Chunk metadata: how many sentence vectors the chunk has (its sentence ids are <chunk id>~s0..n-1). A chunk
+# stored before sentence vectors existed lacks it, and the next ingest of its document adds them.
+COUNT_KEY = "sentence_count"
+# Fewer words than this say too little to match on their own (headings, "Yes.", table rules).
+MIN_WORDS = 3
+# A sentence stands in for its chunk only this much nearer than the chunk: a short sentence that shares one
+# word of a question ("We ship to Japan" for "what time is it in Tokyo?") is otherwise nearer than any chunk
+# (chosen on the tuning data, docs/retrieval.md).
+MARGIN = 0.05
+# Sentence hits asked for per search: each chunk has several, so more than the chunk candidates.
+CANDIDATES = 20
+
+_ID_SEPARATOR = "~s"
+_LINE_MARKER = re.compile(r"^\s*(?:#{1,6}\s+|[-*+]\s+|\d+[.)]\s+|>\s*)")
+# . ! ? then a space; the CJK full stop and marks end a sentence without one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f])")
+_TABLE_RULE = re.compile(r"^[\s|:-]+$")
+
+
+def sentences_of(text: str) -> list[str]:
+    """The sentences of a chunk's text, list items and table rows included, in order, without repeats."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        if _TABLE_RULE.match(line):
+            continue
+        line = _LINE_MARKER.sub("", line).replace("|", " ").strip()
+        for piece in _SENTENCE_END.split(line):
+            sentence = " ".join(piece.replace("**", "").split())
+            if len(sentence.split()) >= MIN_WORDS and sentence.casefold() not in seen:
+                seen.add(sentence.casefold())
+                found.append(sentence)
+    return found
+
+
+def embedded_text(title: str, sentence: str) -> str:
+    """What is embedded for a sentence: the article title gives it its topic."""
+    title = title.strip()
+    return f"{title}: {sentence}" if title else sentence
+
+
+def sentence_id(chunk_id: str, position: int) -> str:
+    return f"{chunk_id}{_ID_SEPARATOR}{position}"
+
+
+def sentence_ids(chunk_id: str, count: int) -> list[str]:
+    return [sentence_id(chunk_id, position) for position in range(count)]
+
+
+def chunk_of(sentence: str) -> str:
+    """The chunk id a sentence id belongs to."""
+    return sentence.rsplit(_ID_SEPARATOR, 1)[0]
+
+
+def nearest_per_chunk(hits: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """chunk id -> distance of its nearest sentence plus MARGIN, from (sentence id, distance) hits: what the
+    sentence says about its chunk."""
+    best: dict[str, float] = {}
+    for sentence, distance in hits:
+        chunk = chunk_of(sentence)
+        if distance + MARGIN < best.get(chunk, 2.0 + MARGIN):
+            best[chunk] = distance + MARGIN
+    return best
