@@ -35,7 +35,7 @@ from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import with_title
 from retrieval_service.lexical_index import LexicalIndex, build_index
 from retrieval_service.relevance import OFF_TOPIC_PROBES, Threshold, calibrated_threshold
-from retrieval_service.sentence_index import nearest_per_chunk
+from retrieval_service.sentence_index import MATRIX_MAX_BYTES, SentenceMatrix, nearest_per_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,9 @@ class Snapshot:
     built_seconds: float
     # chunk id -> (text, metadata) of every chunk; None for a KB too large to hold (its searches read Chroma).
     rows: Mapping[str, tuple[str, Metadata]] | None = None
+    # Every sentence vector of a small KB rebuilt in step with the collection (at most `sync_max_chunks`
+    # chunks, rows held, under MATRIX_MAX_BYTES); None otherwise (its searches query the sentence collection).
+    sentences: SentenceMatrix | None = None
 
 
 def probe_vectors(embedding: MiniLMEmbedding) -> list[np.ndarray]:
@@ -196,7 +199,14 @@ class SnapshotManager:
 
             lexical = build_index(rows(), self._filter_keys, marker)
             rows_held = held if held_bytes <= ROWS_MAX_BYTES else None
-            snapshot = Snapshot(lexical, threshold, marker, time.perf_counter() - started, rows_held)
+            sentences = (
+                self._sentence_matrix()
+                if rows_held is not None and marker[0] <= self._sync_max_chunks
+                else None
+            )
+            snapshot = Snapshot(
+                lexical, threshold, marker, time.perf_counter() - started, rows_held, sentences
+            )
             with self._lock:
                 self._snapshot = snapshot
             logger.info(
@@ -209,6 +219,17 @@ class SnapshotManager:
                 },
             )
             return snapshot
+
+    def _sentence_matrix(self) -> SentenceMatrix | None:
+        if self._sentences.count() * self._embedding.dimension * 4 > MATRIX_MAX_BYTES:
+            return None
+        ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        for sentence, vector in self._sentences.iter_vectors():
+            ids.append(sentence)
+            vectors.append(vector)
+        matrix = np.vstack(vectors) if vectors else np.zeros((0, self._embedding.dimension), np.float32)
+        return SentenceMatrix(ids, matrix.astype(np.float32, copy=False))
 
     def _calibrate(self, chunks: int) -> Threshold:
         if chunks == 0:

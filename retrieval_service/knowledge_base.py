@@ -504,7 +504,21 @@ class KnowledgeBase:
         # them from SQLite per result, the larger part of a query's cost for 20 candidates).
         # A chunk is as near as the nearer of its own vector and its nearest sentence (sentence_index).
         distance = dict(self._store.query_many([vector], wanted, where)[0])
-        sentences = self._sentences.query_many([vector], sentence_index.CANDIDATES, where)[0]
+        # Chunks Chroma has just returned, or whose sentence it has: they exist, the snapshot's copy serves.
+        confirmed = set(distance)
+        held = snapshot.sentences if snapshot is not None else None
+        if held is not None and snapshot is not None and snapshot.rows is not None:
+            rows = snapshot.rows
+            sentences = held.nearest(
+                vector,
+                sentence_index.CANDIDATES,
+                (lambda chunk_id: chunk_id in rows and _matches(rows[chunk_id][1], filters))
+                if filters
+                else None,
+            )
+        else:
+            sentences = self._sentences.query_many([vector], sentence_index.CANDIDATES, where)[0]
+            confirmed.update(sentence_index.chunk_of(sentence) for sentence, _ in sentences)
         for chunk_id, nearest in sentence_index.nearest_per_chunk(sentences).items():
             distance[chunk_id] = min(nearest, distance.get(chunk_id, nearest))
         dense = sorted(distance.items(), key=lambda row: row[1])[:wanted]
@@ -518,7 +532,7 @@ class KnowledgeBase:
         )
         # Fetch a few more than k: the final order may still move a far-off lexical candidate behind them.
         pool = fused[: k + POOL_EXTRA]
-        stored = self._pool_rows([chunk_id for chunk_id, _ in pool], distance, where, snapshot)
+        stored = self._pool_rows([chunk_id for chunk_id, _ in pool], confirmed, distance, where, snapshot)
         candidates: list[Hit] = []
         for chunk_id, score in pool:
             if chunk_id not in stored:
@@ -568,19 +582,21 @@ class KnowledgeBase:
     def _pool_rows(
         self,
         pool_ids: list[str],
+        confirmed: set[str],
         distance: Mapping[str, float],
         where: dict[str, Any] | None,
         snapshot: Snapshot | None,
     ) -> dict[str, tuple[str, Metadata, Vector | None]]:
-        """Text and metadata of the pool. A dense hit exists (Chroma just returned it) and its content-hashed id
-        fixes its text, so the snapshot's copy serves it; the rest (lexical-only candidates, which also need
-        their vector for a distance, and anything the snapshot lacks) come from one Chroma read, which also
-        drops chunks that are gone."""
+        """Text and metadata of the pool. A `confirmed` chunk exists (Chroma just returned it or its sentence)
+        and its content-hashed id fixes its text, so the snapshot's copy serves it; the rest (lexical-only
+        candidates, which also need their vector for a distance when they have none, chunks found through the
+        snapshot's sentences, and anything the snapshot lacks) come from one Chroma read, which also drops
+        chunks that are gone."""
         held = snapshot.rows if snapshot is not None else None
         stored: dict[str, tuple[str, Metadata, Vector | None]] = {}
         missing: list[str] = []
         for chunk_id in pool_ids:
-            row = held.get(chunk_id) if held is not None and chunk_id in distance else None
+            row = held.get(chunk_id) if held is not None and chunk_id in confirmed else None
             if row is None:
                 missing.append(chunk_id)
             else:
@@ -687,3 +703,8 @@ def _sentence_ids_of(chunks: Mapping[str, Metadata]) -> list[str]:
         for chunk_id, meta in chunks.items()
         for sentence in sentence_index.sentence_ids(chunk_id, int(meta.get(sentence_index.COUNT_KEY, 0) or 0))
     ]
+
+
+def _matches(metadata: Metadata, filters: Mapping[str, str]) -> bool:
+    """Whether a chunk's metadata passes Search's equality filters (as Chroma's `where` would)."""
+    return all(metadata.get(key) == value for key, value in filters.items())

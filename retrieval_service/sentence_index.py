@@ -16,7 +16,11 @@ sentences beat windows of 32-96 word pieces and smaller chunks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 # The sentence collection is `<chunk collection><SUFFIX>` on the same Chroma.
 COLLECTION_SUFFIX = "_sentences"
@@ -29,8 +33,12 @@ MIN_WORDS = 3
 # word of a question ("We ship to Japan" for "what time is it in Tokyo?") is otherwise nearer than any chunk
 # (chosen on the tuning data, docs/retrieval.md).
 MARGIN = 0.05
-# Sentence hits asked for per search: each chunk has several, so more than the chunk candidates.
+# Sentence hits asked for per search (chosen on the tuning data with its latency, docs/retrieval.md).
 CANDIDATES = 20
+# A small KB's sentence vectors are held in memory (`SentenceMatrix`) while they take at most this much
+# (about 20k sentences, 2k chunks): one matrix product instead of a second Chroma query, which costs ~1.3 ms
+# whatever the collection's size.
+MATRIX_MAX_BYTES = 32 * 1024 * 1024
 
 _ID_SEPARATOR = "~s"
 _LINE_MARKER = re.compile(r"^\s*(?:#{1,6}\s+|[-*+]\s+|\d+[.)]\s+|>\s*)")
@@ -83,3 +91,28 @@ def nearest_per_chunk(hits: Iterable[tuple[str, float]]) -> dict[str, float]:
         if distance + MARGIN < best.get(chunk, 2.0 + MARGIN):
             best[chunk] = distance + MARGIN
     return best
+
+
+@dataclass(frozen=True)
+class SentenceMatrix:
+    """Every sentence vector of a small KB, for an exact search in memory (retrieval_service.kb_snapshot)."""
+
+    ids: Sequence[str]
+    vectors: npt.NDArray[np.float32]
+
+    def nearest(
+        self, query: npt.NDArray[np.float32], k: int, allowed: Callable[[str], bool] | None = None
+    ) -> list[tuple[str, float]]:
+        """The `k` nearest sentences as (sentence id, cosine distance), those of chunks `allowed` rejects
+        skipped."""
+        if not self.ids:
+            return []
+        distances = 1.0 - self.vectors @ query
+        found: list[tuple[str, float]] = []
+        for row in np.argsort(distances):
+            sentence = self.ids[int(row)]
+            if allowed is None or allowed(chunk_of(sentence)):
+                found.append((sentence, max(0.0, float(distances[row]))))
+                if len(found) == k:
+                    break
+        return found

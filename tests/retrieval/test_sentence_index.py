@@ -192,3 +192,42 @@ async def test_chunks_stored_before_sentence_vectors_get_them_on_the_next_ingest
         assert again.results[0].outcome is Outcome.UNCHANGED
     finally:
         await kb.close()
+
+
+async def test_a_small_kb_searches_its_sentences_in_memory_with_the_same_results(
+    tmp_path: Path, embedding: MiniLMEmbedding
+) -> None:
+    """Up to `sync_index_max_chunks` the snapshot holds the sentence vectors (one matrix product instead of a
+    second Chroma query); a larger KB queries the sentence collection. Both give the same hits."""
+    documents = [
+        DocumentIn(doc_id="free-trial.md", content=TRIAL, category="billing"),
+        DocumentIn(doc_id="data-export.md", content=EXPORT, category="data"),
+    ]
+    in_memory = build_knowledge_base(Config(data_dir=tmp_path / "a", collection="small"), embedding)
+    from_chroma = build_knowledge_base(
+        Config(data_dir=tmp_path / "b", collection="large"), embedding, sync_index_max_chunks=0
+    )
+    try:
+        for kb in (in_memory, from_chroma):
+            await kb.ingest(documents, prune_changed_sections=True)
+            kb.warm()
+        small, large = in_memory._snapshots.current(), from_chroma._snapshots.current()
+        assert small is not None and small.sentences is not None and len(small.sentences.ids) > 0
+        assert large is not None and large.sentences is None
+        for query, filters in [
+            (QUESTION, {}),
+            (QUESTION, {"category": "data"}),
+            ("how long does the download link work", {}),
+            ("can I get more time on the trial", {"doc_id": "free-trial.md"}),
+        ]:
+            first = await in_memory.search(query, top_k=3, filters=filters, max_distance=2.0)
+            second = await from_chroma.search(query, top_k=3, filters=filters, max_distance=2.0)
+            assert [hit.doc_id for hit in first.hits] == [hit.doc_id for hit in second.hits], query
+            assert [hit.distance for hit in first.hits] == pytest.approx(
+                [hit.distance for hit in second.hits], abs=1e-4
+            ), query
+            if filters:
+                assert {hit.metadata[key] for hit in first.hits for key in filters} == set(filters.values())
+    finally:
+        await in_memory.close()
+        await from_chroma.close()
