@@ -8,13 +8,13 @@ with the help center's own domain on the link allow-list (LINK_ALLOWLIST), as th
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from devstack import REPO_ROOT
 from support_eval.suite import load_suite
 from tests.eval import test_e2e_stack
+from tests.eval.suite_thresholds import assert_meets_thresholds
 
 pytestmark = test_e2e_stack.pytestmark
 
@@ -50,19 +50,4 @@ def test_dev_suite_covers_what_a_development_set_needs() -> None:
 
 
 def test_dev_suite_meets_its_thresholds(tmp_path: Path) -> None:
-    out = tmp_path / "dev.json"
-    result = test_e2e_stack._cli(
-        str(DEV), "--env", "LINK_ALLOWLIST=taskline.app", "--out", str(out), timeout=900
-    )
-    assert "starting a private stack" in result.stderr
-    assert out.exists(), result.stdout + result.stderr
-    data = json.loads(out.read_text())
-    assert data["thresholds"], "the development suite must configure thresholds"
-    missed = [
-        f"{t['metric']}={t['value']} (threshold {t['threshold']})" for t in data["thresholds"] if not t["met"]
-    ]
-    assert not missed, missed
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert data["metrics"]["error_rate"]["value"] == 0.0
-    assert data["kb"]["documents"] >= 12
-    assert data["suite"]["turns"] == load_suite(DEV).turn_count
+    assert_meets_thresholds(DEV, tmp_path, "--env", "LINK_ALLOWLIST=taskline.app")

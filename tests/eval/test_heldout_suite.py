@@ -8,13 +8,13 @@ KB ingested), through the same CLI helper as the shipped-suite tests.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from devstack import REPO_ROOT
 from support_eval.suite import load_suite
 from tests.eval import test_e2e_stack
+from tests.eval.suite_thresholds import assert_meets_thresholds
 
 pytestmark = test_e2e_stack.pytestmark
 
@@ -48,17 +48,4 @@ def test_heldout_suite_covers_what_issue_14_asks_for() -> None:
 
 
 def test_heldout_suite_meets_its_thresholds(tmp_path: Path) -> None:
-    out = tmp_path / "heldout.json"
-    result = test_e2e_stack._cli(str(HELDOUT), "--out", str(out), timeout=900)
-    assert "starting a private stack" in result.stderr
-    assert out.exists(), result.stdout + result.stderr
-    data = json.loads(out.read_text())
-    missed = [
-        f"{t['metric']}={t['value']} (threshold {t['threshold']})" for t in data["thresholds"] if not t["met"]
-    ]
-    assert data["thresholds"], "the held-out suite must configure thresholds"
-    assert not missed, missed
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert data["metrics"]["error_rate"]["value"] == 0.0
-    assert data["kb"]["documents"] >= 12
-    assert data["suite"]["turns"] == load_suite(HELDOUT).turn_count
+    assert_meets_thresholds(HELDOUT, tmp_path)
