@@ -47,6 +47,18 @@ async def _stats(stub: retrieval_pb2_grpc.RetrievalServiceStub) -> retrieval_pb2
     return reply
 
 
+async def _ingest_both(stub: retrieval_pb2_grpc.RetrievalServiceStub) -> None:
+    await stub.IngestDocuments(
+        retrieval_pb2.IngestDocumentsRequest(
+            documents=[
+                retrieval_pb2.Document(doc_id="free-trial.md", content=TRIAL, category="billing"),
+                retrieval_pb2.Document(doc_id="data-export.md", content=EXPORT, category="data"),
+            ]
+        ),
+        timeout=120,
+    )
+
+
 def test_sentences_of_a_chunk_skip_markup_short_pieces_and_repeats() -> None:
     text = (
         "## Paying\n\nWe accept Visa and Mastercard. Yes.\n"
@@ -82,15 +94,7 @@ async def test_a_chunk_is_as_near_as_its_nearest_sentence(
     server: StartedServer = await make_server()
     async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
-        await stub.IngestDocuments(
-            retrieval_pb2.IngestDocumentsRequest(
-                documents=[
-                    retrieval_pb2.Document(doc_id="free-trial.md", content=TRIAL),
-                    retrieval_pb2.Document(doc_id="data-export.md", content=EXPORT),
-                ]
-            ),
-            timeout=120,
-        )
+        await _ingest_both(stub)
         reply = await stub.Search(retrieval_pb2.SearchRequest(query=QUESTION, max_distance=2.0), timeout=30)
     hit = reply.hits[0]
     assert hit.doc_id == "free-trial.md"
@@ -145,15 +149,7 @@ async def test_a_sentence_never_brings_in_a_chunk_the_filter_excludes(make_serve
     server: StartedServer = await make_server()
     async with role_channel(f"127.0.0.1:{server.port}") as channel:
         stub = retrieval_stub(channel)
-        await stub.IngestDocuments(
-            retrieval_pb2.IngestDocumentsRequest(
-                documents=[
-                    retrieval_pb2.Document(doc_id="free-trial.md", content=TRIAL, category="billing"),
-                    retrieval_pb2.Document(doc_id="data-export.md", content=EXPORT, category="data"),
-                ]
-            ),
-            timeout=120,
-        )
+        await _ingest_both(stub)
         reply = await stub.Search(
             retrieval_pb2.SearchRequest(query=QUESTION, filter={"category": "data"}, max_distance=2.0),
             timeout=30,
