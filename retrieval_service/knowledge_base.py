@@ -369,10 +369,9 @@ class KnowledgeBase:
             stale_sentences.extend(item.stale_sentences)
         # Embed everything new in one call (the model batches by length), then write: sentences before their
         # chunk, whose sentence count says they are there (a write cut short is redone by the next ingest).
-        titles = {id(item): item.title for item in planned}
         embed_texts = [item.chunks[i].embedded_text for item in planned for i in item.to_embed]
         embed_texts += [
-            sentence_index.embedded_text(titles[id(item)], sentence)
+            sentence_index.embedded_text(item.title, sentence)
             for item in planned
             for i in item.to_embed
             for sentence in item.sentences[i]

@@ -6,8 +6,8 @@ credit card is needed") lands far from that average, often beyond the relevance 
 distance to the one sentence is short. So every chunk's sentences are embedded too, each prefixed with the
 article title ("Free trial: No credit card is needed."), and kept in a companion collection. A search asks
 both collections; a chunk's distance is the smaller of its own and its nearest sentence's plus `MARGIN`,
-and a chunk found only through a sentence joins the candidates. The relevance threshold is calibrated on the same
-measure (retrieval_service.kb_snapshot), and the agent still reads whole chunks.
+and a chunk found only through a sentence joins the candidates. The relevance threshold is calibrated on
+the same measure (retrieval_service.kb_snapshot), and the agent still reads whole chunks.
 
 Measured on the tuning data and the development help center (docs/retrieval.md, "Sentence vectors"):
 sentences beat windows of 32-96 word pieces and smaller chunks.
@@ -27,11 +27,13 @@ COLLECTION_SUFFIX = "_sentences"
 # Chunk metadata: how many sentence vectors the chunk has (its sentence ids are <chunk id>~s0..n-1). A chunk
 # stored before sentence vectors existed lacks it, and the next ingest of its document adds them.
 COUNT_KEY = "sentence_count"
-# Fewer words than this say too little to match on their own (headings, "Yes.", table rules).
+# Fewer words than this say too little to match on their own (headings, "Yes.", table rules); in a script
+# written without spaces (Chinese, Japanese), fewer characters than MIN_UNSPACED_CHARS.
 MIN_WORDS = 3
+MIN_UNSPACED_CHARS = 8
 # A sentence stands in for its chunk only this much nearer than the chunk: a short sentence that shares one
-# word of a question ("We ship to Japan" for "what time is it in Tokyo?") is otherwise nearer than any chunk
-# (chosen on the tuning data, docs/retrieval.md).
+# thing with a question (a sentence naming France for "Book me a flight to Paris") is otherwise nearer than
+# any chunk (chosen on the tuning data, docs/retrieval.md).
 MARGIN = 0.05
 # Sentence hits asked for per search (chosen on the tuning data with its latency, docs/retrieval.md).
 CANDIDATES = 20
@@ -57,10 +59,16 @@ def sentences_of(text: str) -> list[str]:
         line = _LINE_MARKER.sub("", line).replace("|", " ").strip()
         for piece in _SENTENCE_END.split(line):
             sentence = " ".join(piece.replace("**", "").split())
-            if len(sentence.split()) >= MIN_WORDS and sentence.casefold() not in seen:
+            if _long_enough(sentence) and sentence.casefold() not in seen:
                 seen.add(sentence.casefold())
                 found.append(sentence)
     return found
+
+
+def _long_enough(sentence: str) -> bool:
+    if len(sentence.split()) >= MIN_WORDS:
+        return True
+    return " " not in sentence and not sentence.isascii() and len(sentence) >= MIN_UNSPACED_CHARS
 
 
 def embedded_text(title: str, sentence: str) -> str:

@@ -74,7 +74,9 @@ def test_sentences_of_a_chunk_skip_markup_short_pieces_and_repeats() -> None:
         "Open the billing page.",
         "Plan Price per user",
         "Team plan monthly $10",
-    ], "headings, 'Yes.', the table rule and the repeated sentence are dropped; CJK needs a word splitter"
+        "日本語の最初の文です。",
+        "二番目の文はここです。",
+    ], "headings, 'Yes.', the table rule and the repeated sentence are dropped"
     assert sentence_index.embedded_text("Paying", "We accept Visa.") == "Paying: We accept Visa."
 
 
