@@ -35,7 +35,12 @@ from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import with_title
 from retrieval_service.lexical_index import LexicalIndex, build_index
 from retrieval_service.relevance import OFF_TOPIC_PROBES, Threshold, calibrated_threshold
-from retrieval_service.sentence_index import MATRIX_MAX_BYTES, SentenceMatrix, nearest_per_chunk
+from retrieval_service.sentence_index import (
+    MATRIX_MAX_BYTES,
+    SentenceMatrix,
+    nearest_per_chunk,
+    stored_sentence_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +205,7 @@ class SnapshotManager:
             lexical = build_index(rows(), self._filter_keys, marker)
             rows_held = held if held_bytes <= ROWS_MAX_BYTES else None
             sentences = (
-                self._sentence_matrix()
+                self._sentence_matrix(rows_held, existing.sentences if existing is not None else None)
                 if rows_held is not None and marker[0] <= self._sync_max_chunks
                 else None
             )
@@ -220,15 +225,29 @@ class SnapshotManager:
             )
             return snapshot
 
-    def _sentence_matrix(self) -> SentenceMatrix | None:
-        if self._sentences.count() * self._embedding.dimension * 4 > MATRIX_MAX_BYTES:
+    def _sentence_matrix(
+        self, rows: Mapping[str, tuple[str, Metadata]], previous: SentenceMatrix | None
+    ) -> SentenceMatrix | None:
+        """The sentence vectors of the chunks in `rows` (ids from their sentence counts). A sentence id is
+        derived from its chunk's content, so its vector never changes: the previous matrix's vectors are
+        reused and only new sentences are read from Chroma (reading 20k vectors takes ~1 s, and a small KB's
+        snapshot is rebuilt by the first search after every write)."""
+        wanted = stored_sentence_ids({chunk_id: metadata for chunk_id, (_, metadata) in rows.items()})
+        if len(wanted) * self._embedding.dimension * 4 > MATRIX_MAX_BYTES:
             return None
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        for sentence, vector in self._sentences.iter_vectors():
-            ids.append(sentence)
-            vectors.append(vector)
-        matrix = np.vstack(vectors) if vectors else np.zeros((0, self._embedding.dimension), np.float32)
+        known = dict(zip(previous.ids, previous.vectors, strict=True)) if previous is not None else {}
+        missing = [sentence for sentence in wanted if sentence not in known]
+        for sentence, (_, _, vector) in self._sentences.get_chunks(
+            missing, None, with_embeddings=True
+        ).items():
+            if vector is not None:
+                known[sentence] = vector
+        ids = [sentence for sentence in wanted if sentence in known]  # a sentence write cut short: left out
+        matrix = (
+            np.vstack([known[sentence] for sentence in ids])
+            if ids
+            else np.zeros((0, self._embedding.dimension))
+        )
         return SentenceMatrix(ids, matrix.astype(np.float32, copy=False))
 
     def _calibrate(self, chunks: int) -> Threshold:

@@ -420,7 +420,9 @@ class KnowledgeBase:
                 item.to_relabel.append(index)
         if prune:
             item.stale = sorted(set(existing) - new_ids)
-            item.stale_sentences = _sentence_ids_of({chunk_id: existing[chunk_id] for chunk_id in item.stale})
+            item.stale_sentences = sentence_index.stored_sentence_ids(
+                {chunk_id: existing[chunk_id] for chunk_id in item.stale}
+            )
         report = item.report
         report.chunks_added = len(item.to_embed)
         report.chunks_unchanged = len(item.chunks) - len(item.to_embed)
@@ -641,7 +643,7 @@ class KnowledgeBase:
                     by_doc.setdefault(doc_id, {})[chunk_id] = meta
         chunk_ids = [chunk for chunks in by_doc.values() for chunk in chunks]
         if chunk_ids:
-            sentences = _sentence_ids_of(
+            sentences = sentence_index.stored_sentence_ids(
                 {chunk: meta for chunks in by_doc.values() for chunk, meta in chunks.items()}
             )
             if sentences:
@@ -693,15 +695,6 @@ class KnowledgeBase:
             lexical_indexed_chunks=len(snapshot.lexical) if snapshot else 0,
             sentences=self._sentences.count(),
         )
-
-
-def _sentence_ids_of(chunks: Mapping[str, Metadata]) -> list[str]:
-    """The sentence ids of stored chunks, from the sentence count in their metadata."""
-    return [
-        sentence
-        for chunk_id, meta in chunks.items()
-        for sentence in sentence_index.sentence_ids(chunk_id, int(meta.get(sentence_index.COUNT_KEY, 0) or 0))
-    ]
 
 
 def _matches(metadata: Metadata, filters: Mapping[str, str]) -> bool:

@@ -16,7 +16,7 @@ sentences beat windows of 32-96 word pieces and smaller chunks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +83,15 @@ def sentence_id(chunk_id: str, position: int) -> str:
 
 def sentence_ids(chunk_id: str, count: int) -> list[str]:
     return [sentence_id(chunk_id, position) for position in range(count)]
+
+
+def stored_sentence_ids(chunks: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """The sentence ids of stored chunks (chunk id -> metadata), from the sentence count in their metadata."""
+    return [
+        sentence
+        for chunk_id, meta in chunks.items()
+        for sentence in sentence_ids(chunk_id, int(str(meta.get(COUNT_KEY, 0) or 0)))
+    ]
 
 
 def chunk_of(sentence: str) -> str:

@@ -251,20 +251,6 @@ class ChromaStore:
                     return
                 offset += _PAGE
 
-    def iter_vectors(self) -> Iterator[tuple[str, npt.NDArray[np.float32]]]:
-        """Every record as (id, vector), a page at a time."""
-        with _reachable("iter_vectors"):
-            offset = 0
-            while True:
-                page = self._collection.get(limit=_PAGE, offset=offset, include=["embeddings"])
-                ids = page["ids"]
-                embeddings = page.get("embeddings")
-                for position, record_id in enumerate(ids):
-                    yield record_id, np.asarray(embeddings[position], dtype=np.float32)
-                if len(ids) < _PAGE:
-                    return
-                offset += _PAGE
-
     def marker(self) -> tuple[int, float | None]:
         """(chunk count, last refresh time): changes whenever any replica writes (or the collection is refilled)."""
         return self.count(), self.last_refresh()

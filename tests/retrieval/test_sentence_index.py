@@ -12,7 +12,7 @@ from retrieval_service import sentence_index
 from retrieval_service.adapters.embedding import MiniLMEmbedding
 from retrieval_service.chunking import with_title
 from retrieval_service.config import Config
-from retrieval_service.knowledge_base import DocumentIn, Outcome
+from retrieval_service.knowledge_base import DocumentIn, KnowledgeBase, Outcome
 from retrieval_service.server import StartedServer, build_knowledge_base
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
 from tests.retrieval.conftest import ServerFactory
@@ -169,13 +169,7 @@ async def test_chunks_stored_before_sentence_vectors_get_them_on_the_next_ingest
         # What an older release left behind: the chunk without its sentence count, no sentence vectors.
         store, sentences = kb._store, kb._sentences
         chunks = store.chunks_of(["free-trial.md"])["free-trial.md"]
-        sentences.delete(
-            [
-                s
-                for chunk_id, meta in chunks.items()
-                for s in sentence_index.sentence_ids(chunk_id, int(meta[sentence_index.COUNT_KEY]))
-            ]
-        )
+        sentences.delete(sentence_index.stored_sentence_ids(chunks))
         # (Chroma merges metadata on update; None removes a key.)
         store.update_metadata(list(chunks), [{sentence_index.COUNT_KEY: None}] * len(chunks))  # type: ignore[dict-item]
         assert (await kb.stats()).sentences == 0
@@ -205,6 +199,11 @@ async def test_a_small_kb_searches_its_sentences_in_memory_with_the_same_results
     from_chroma = build_knowledge_base(
         Config(data_dir=tmp_path / "b", collection="large"), embedding, sync_index_max_chunks=0
     )
+    # Then the trial article is rewritten: the rebuilt matrix keeps the export's vectors, reads the new
+    # sentences and drops the pruned ones.
+    rewritten = TRIAL.replace(
+        "Trials can be extended once by 7 days", "Trials can be extended twice by 5 days"
+    )
     try:
         for kb in (in_memory, from_chroma):
             await kb.ingest(documents, prune_changed_sections=True)
@@ -212,20 +211,34 @@ async def test_a_small_kb_searches_its_sentences_in_memory_with_the_same_results
         small, large = in_memory._snapshots.current(), from_chroma._snapshots.current()
         assert small is not None and small.sentences is not None and len(small.sentences.ids) > 0
         assert large is not None and large.sentences is None
-        for query, filters in [
-            (QUESTION, {}),
-            (QUESTION, {"category": "data"}),
-            ("how long does the download link work", {}),
-            ("can I get more time on the trial", {"doc_id": "free-trial.md"}),
-        ]:
-            first = await in_memory.search(query, top_k=3, filters=filters, max_distance=2.0)
-            second = await from_chroma.search(query, top_k=3, filters=filters, max_distance=2.0)
-            assert [hit.doc_id for hit in first.hits] == [hit.doc_id for hit in second.hits], query
-            assert [hit.distance for hit in first.hits] == pytest.approx(
-                [hit.distance for hit in second.hits], abs=1e-4
-            ), query
-            if filters:
-                assert {hit.metadata[key] for hit in first.hits for key in filters} == set(filters.values())
+        await _same_hits(in_memory, from_chroma)
+        for kb in (in_memory, from_chroma):
+            await kb.ingest(
+                [DocumentIn(doc_id="free-trial.md", content=rewritten, category="billing")],
+                prune_changed_sections=True,
+            )
+        rebuilt = in_memory._snapshots.current()
+        assert rebuilt is not None and rebuilt.sentences is not None
+        assert len(rebuilt.sentences.ids) == (await in_memory.stats()).sentences == len(small.sentences.ids)
+        assert set(rebuilt.sentences.ids) != set(small.sentences.ids)
+        await _same_hits(in_memory, from_chroma)
     finally:
         await in_memory.close()
         await from_chroma.close()
+
+
+async def _same_hits(in_memory: KnowledgeBase, from_chroma: KnowledgeBase) -> None:
+    for query, filters in [
+        (QUESTION, {}),
+        (QUESTION, {"category": "data"}),
+        ("how long does the download link work", {}),
+        ("can I get more time on the trial", {"doc_id": "free-trial.md"}),
+    ]:
+        first = await in_memory.search(query, top_k=3, filters=filters, max_distance=2.0)
+        second = await from_chroma.search(query, top_k=3, filters=filters, max_distance=2.0)
+        assert [hit.doc_id for hit in first.hits] == [hit.doc_id for hit in second.hits], query
+        assert [hit.distance for hit in first.hits] == pytest.approx(
+            [hit.distance for hit in second.hits], abs=1e-4
+        ), query
+        if filters:
+            assert {hit.metadata[key] for hit in first.hits for key in filters} == set(filters.values())
