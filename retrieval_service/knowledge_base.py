@@ -508,8 +508,8 @@ class KnowledgeBase:
         # Chunks Chroma has just returned, or whose sentence it has: they exist, the snapshot's copy serves.
         confirmed = set(distance)
         held = snapshot.sentences if snapshot is not None else None
-        if held is not None and snapshot is not None and snapshot.rows is not None:
-            rows = snapshot.rows
+        rows = snapshot.rows if snapshot is not None else None
+        if held is not None and rows is not None:  # a snapshot holds sentences only beside its rows
             sentences = held.nearest(
                 vector,
                 sentence_index.CANDIDATES,
