@@ -32,8 +32,12 @@ from agent_service.domain import KbHit, TurnResult
 from agent_service.prompts import was_blocked
 from agent_service.turn_contract import RetrievalResult
 
-# Messages with more content words than this name their own subject; chosen on evals/sample_kb.yaml.
+# Messages with more content words than this name their own subject, unless they open like a continuation or
+# point back with a pronoun (up to MAX_POINTING_BACK_CONTENT_WORDS); chosen on evals/sample_kb.yaml.
 MAX_FOLLOW_UP_CONTENT_WORDS: Final[int] = 3
+# A longer message that opens like a continuation or points back with a pronoun ("how long till it shows up
+# on my card?", "can she go in the hold then?") still leans on the previous one; chosen on evals/dev_saas.yaml.
+MAX_POINTING_BACK_CONTENT_WORDS: Final[int] = 8
 # How many earlier customer messages a chain of follow-ups may lean on.
 MAX_CONTEXT_MESSAGES: Final[int] = 3
 # Characters of context kept (the newest); the search embeds at most 256 word pieces.
@@ -64,6 +68,10 @@ _OPENERS: Final[tuple[tuple[str, ...], ...]] = (
 _ANAPHORA: Final[frozenset[str]] = frozenset(
     ["it", "its", "it's", "that", "this", "those", "these", "they", "them", "their", "theirs", "one", "ones"]
 )
+# Pronouns that point back even in a longer message (a definite article or "one" there names its own subject).
+_PRONOUNS: Final[frozenset[str]] = frozenset(
+    ["it", "it's", "that", "those", "these", "they", "them", "she", "she's", "he", "he's", "her", "him"]
+)
 # Function words: what is left when they are removed are the message's content words.
 _FUNCTION_WORDS: Final[frozenset[str]] = frozenset(
     """a about after again all also am an and any are as at be been before being but by can could did do does
@@ -93,11 +101,13 @@ def is_follow_up(message: str) -> bool:
     if not words:
         return False
     content = [word for word in words if word not in _FUNCTION_WORDS]
-    if len(content) > MAX_FOLLOW_UP_CONTENT_WORDS:
+    if len(content) > MAX_POINTING_BACK_CONTENT_WORDS:
         return False
+    opens = any(tuple(words[: len(opener)]) == opener for opener in _OPENERS)
+    if len(content) > MAX_FOLLOW_UP_CONTENT_WORDS:
+        return opens or any(word in _PRONOUNS for word in words)
     if len(content) <= 1:
         return True
-    opens = any(tuple(words[: len(opener)]) == opener for opener in _OPENERS)
     return opens or any(_points_back(words, index) for index in range(len(words)))
 
 

@@ -55,6 +55,24 @@ def test_questions_that_name_their_subject_are_not(message: str) -> None:
     assert not is_follow_up(message)
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "how long till it shows up on my bank statement?",
+        "she is heavier than that with her carrier, can she travel in the hold instead?",
+        "and once the warehouse receives the parcel, how fast is the refund issued?",
+    ],
+)
+def test_longer_messages_that_open_as_a_continuation_or_use_a_pronoun_are_follow_ups(message: str) -> None:
+    assert is_follow_up(message)
+
+
+def test_a_message_longer_than_the_pronoun_bound_names_its_own_subject() -> None:
+    assert not is_follow_up(
+        "can it ship my new sofa, two armchairs and the oak dining table to my holiday flat in Spain"
+    )
+
+
 def test_the_context_is_the_previous_message_and_the_chain_of_follow_ups_before_it() -> None:
     assert contextual_query("what about Norway?", ["Do you ship to Iceland?"]) == (
         "Do you ship to Iceland? what about Norway?"
