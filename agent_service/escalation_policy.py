@@ -208,6 +208,7 @@ class SemanticExamples:
     negatives: tuple[str, ...]
     margin: float = DEFAULT_MARGIN
     lexicon: tuple[tuple[str, str], ...] = ()
+    probe_threshold: float | None = None  # the linear probe's probability bar; None: no probe
 
     @classmethod
     def load(cls, path: Path, categories: tuple[str, ...]) -> SemanticExamples:
@@ -225,10 +226,12 @@ class SemanticExamples:
     def from_mapping(cls, data: Any, categories: tuple[str, ...], source: str) -> SemanticExamples:
         if not isinstance(data, Mapping):
             raise PolicyConfigError(f"{source}: the top level must be a mapping")
-        _check_keys(data, {"version", "margin", "labels", "negative", "lexicon"}, source)
+        _check_keys(data, {"version", "margin", "probe_threshold", "labels", "negative", "lexicon"}, source)
         if data.get("version", 1) != 1:
             raise PolicyConfigError(f"{source}: unsupported version {data.get('version')!r} (expected 1)")
         margin = _unit_float(data.get("margin", DEFAULT_MARGIN), f"{source}: margin")
+        raw_probe = data.get("probe_threshold")
+        probe_threshold = None if raw_probe is None else _unit_float(raw_probe, f"{source}: probe_threshold")
         raw_labels = data.get("labels")
         if not isinstance(raw_labels, Mapping) or not raw_labels:
             raise PolicyConfigError(f"{source}: 'labels' must be a non-empty mapping of category -> examples")
@@ -261,7 +264,7 @@ class SemanticExamples:
                     f"{source}: lexicon.{key}: at most three words (vocabulary, not phrases)"
                 )
             lexicon.append((key, value))
-        return cls(source, tuple(labels), negatives, margin, tuple(lexicon))
+        return cls(source, tuple(labels), negatives, margin, tuple(lexicon), probe_threshold)
 
     def build_matcher(self, embedder: Embedder) -> SemanticMatcher:
         from service_kit.semantic_match import SemanticMatcher
@@ -279,6 +282,7 @@ class SemanticExamples:
             lexicon=dict(self.lexicon),
             join_keywords=False,
             clause_words=CLAUSE_WORDS,
+            probe_threshold=self.probe_threshold,
         )
 
 
@@ -447,7 +451,13 @@ class EscalationPolicy:
                 order, category = self._by_name[semantic.label]
                 # The nearest example (operator text), never the customer's words.
                 example = repr(_trigger_text(semantic.nearest_example))
-                how = "contains" if semantic.lexical else f"{semantic.score:.2f}"
+                how = (
+                    "contains"
+                    if semantic.lexical
+                    else f"probe {semantic.score:.2f}"
+                    if semantic.probe
+                    else f"{semantic.score:.2f}"
+                )
                 found.append((self._key(category, order, 0, 0), category, f"like {example} ({how})"))
         return found
 

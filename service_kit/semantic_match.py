@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
+from service_kit.linear_probe import LinearProbe
 from service_kit.text_normalise import fold_characters, normalise_for_matching, squash, translate_words
 
 DEFAULT_THRESHOLD: Final[float] = 0.7
@@ -77,9 +78,10 @@ class ExamplesFileError(ValueError):
 @dataclass(frozen=True)
 class Match:
     label: str
-    score: float  # 1.0 for a lexical match, else cosine similarity to the nearest example
+    score: float  # 1.0 for a lexical match, the probe's probability, else similarity to the nearest example
     nearest_example: str  # the example as written in the file
     lexical: bool = False
+    probe: bool = False  # found by the linear probe (SemanticMatcher's probe_threshold), not by one example
 
 
 @dataclass(frozen=True)
@@ -176,13 +178,18 @@ class SemanticMatcher:
         lexicon: Mapping[str, str] | None = None,
         join_keywords: bool = True,
         clause_words: int = 0,
+        probe_threshold: float | None = None,
     ) -> None:
         """``join_keywords``: rejoin a word split by a space into one of the examples' words even when both
         halves are words ("ign ore"); off, only the dictionary rule applies, so ordinary text ("log in")
         normalises exactly as for any other matcher without keywords and its vectors are shared with it.
-        ``clause_words``: a text of more words than this is also scored clause by clause (0: never)."""
+        ``clause_words``: a text of more words than this is also scored clause by clause (0: never).
+        ``probe_threshold``: also train a linear probe (:mod:`service_kit.linear_probe`) on the examples;
+        :meth:`classify` then matches a whole text the probe gives a label with at least this probability
+        when no example is near enough (None: no probe)."""
         self._embedder = embedder
         self.clause_words = clause_words
+        self.probe_threshold = probe_threshold
         self.lexicon: dict[str, str] = {
             " ".join(fold_characters(key).split()): " ".join(fold_characters(value).split())
             for key, value in (lexicon or {}).items()
@@ -215,6 +222,11 @@ class SemanticMatcher:
             np.flatnonzero(self._label_of == index) for index in range(len(self.labels))
         ]
         self._cache = shared_cache(embedder)
+        self._probe = (
+            LinearProbe.train(self._matrix, [example.label for example in self._examples])
+            if probe_threshold is not None
+            else None
+        )
 
     @property
     def embedder(self) -> Embedder:
@@ -346,7 +358,33 @@ class SemanticMatcher:
                     continue
                 if best is None or score > best.score:
                     best = Match(label, score, example)
+        if best is None and scored.segments:
+            best = self._probe_match(whole, positives, excluded)
         return best
+
+    def probabilities(self, text: str) -> dict[str, float] | None:
+        """The probe's label probabilities for the whole (normalised) text; None without a probe."""
+        if self._probe is None:
+            return None
+        return self._probe.probabilities(np.asarray(self._vectors([self.normalise(text)])[0], np.float32))
+
+    def _probe_match(
+        self, whole: str, positives: Sequence[str], excluded: Callable[[str, str], bool] | None
+    ) -> Match | None:
+        """The probe's label for the whole text when it is a positive label with at least probe_threshold
+        (and the text is not excluded for it); the label's example nearest the text is named."""
+        if self._probe is None or self.probe_threshold is None or not whole:
+            return None
+        vector = np.asarray(self._vectors([whole])[0], dtype=np.float32)
+        probabilities = self._probe.probabilities(vector)  # not self.probabilities: `whole` is normalised
+        label = max(probabilities, key=lambda name: probabilities[name])
+        if label not in positives or probabilities[label] < self.probe_threshold:
+            return None
+        if excluded is not None and excluded(label, whole):
+            return None
+        members = self._members[self.labels.index(label)]
+        nearest = int(members[np.argmax(self._matrix[members] @ vector)])
+        return Match(label, probabilities[label], self._examples[nearest].text, probe=True)
 
     def _near_miss_in_context(
         self, scored: Scored, index: int, negatives: npt.NDArray[np.float32], label: str

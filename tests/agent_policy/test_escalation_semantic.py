@@ -349,6 +349,7 @@ def _rules_with(tmp_path: Path, examples: str) -> Path:
         ("labels: {fraud: {threshold: 1.5, examples: [a]}}\nnegative: {examples: [b]}", r"labels\.fraud\.threshold: must be a number from 0 to 1"),
         ("labels: {fraud: {examples: [a], extra: 1}}\nnegative: {examples: [b]}", r"labels\.fraud: unknown keys"),
         ("margin: -1\nlabels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}", r"examples\.yaml: margin"),
+        ("probe_threshold: 2\nlabels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}", r"examples\.yaml: probe_threshold"),
         ("labels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}\nlexicon: {kein: no}", r"lexicon\.kein: must map a word"),
         ("labels: {fraud: {examples: [a]}}\nnegative: {examples: [b]}\nlexicon: {a b c d: x}", r"lexicon\.a b c d: at most three words"),
         ("labels: [", r"examples\.yaml: not valid YAML"),
@@ -361,6 +362,29 @@ def test_invalid_examples_file_is_rejected_at_load_naming_file_and_place(
     rules = _rules_with(tmp_path, examples)
     with pytest.raises(PolicyConfigError, match=message):
         PolicyRules.load(str(rules))
+
+
+# Written for this test (not in any tuning or check file): no single example is near enough, the probe
+# trained on the examples file recognises the kind.
+@pytest.mark.parametrize(
+    ("message", "category"),
+    [
+        ("my son touched the heater you installed and his hand blistered", "safety"),
+        ("the kettle lid flew off and boiling water went over my arm", "safety"),
+    ],
+)  # fmt: skip
+def test_the_linear_probe_catches_what_no_single_example_is_near_enough_to(
+    message: str, category: str
+) -> None:
+    spec = PolicyRules.load().semantic
+    assert spec is not None and spec.probe_threshold is not None
+    without_probe = EscalationPolicy(
+        dataclasses.replace(PolicyRules.load(), semantic=dataclasses.replace(spec, probe_threshold=None))
+    )
+    assert without_probe.evaluate(message) is None
+    decision = policy().evaluate(message)
+    assert decision is not None and _category(decision) == category
+    assert "(probe 0." in decision.trigger  # the audit trail says which layer decided
 
 
 def test_missing_examples_file_names_the_path(tmp_path: Path) -> None:

@@ -101,3 +101,40 @@ def test_yaml_format(tmp_path: Path) -> None:
         load_examples(path)
     with pytest.raises(ExamplesFileError):
         load_examples(tmp_path / "missing.yaml")
+
+
+PROBE_EXAMPLES = {
+    "refund": ["money back please", "refund my money", "give my money back"],
+    "benign": ["where is my order", "track my parcel", "order status please"],
+}
+
+
+def test_linear_probe_learns_which_words_separate_the_labels() -> None:
+    matcher = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), default_threshold=0.99)
+    assert matcher.probabilities("refund money back") is None  # no probe unless asked for
+    probed = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), default_threshold=0.99, probe_threshold=0.6)
+    probabilities = probed.probabilities("i want my money back now")
+    assert probabilities is not None and probabilities["refund"] > 0.6 > probabilities["benign"]
+    assert probed.probabilities("where is my parcel")["benign"] > 0.6  # type: ignore[index]
+
+
+def test_classify_falls_back_to_the_probe_only_when_no_example_is_near_enough() -> None:
+    text = "i want my money back now"
+    without = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), default_threshold=0.99)
+    assert without.classify(text, "benign", margin=0.0) is None  # nearest example far below 0.99
+    probed = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), default_threshold=0.99, probe_threshold=0.6)
+    found = probed.classify(text, "benign", margin=0.0)
+    assert found is not None and found.label == "refund" and found.probe and not found.lexical
+    assert found.nearest_example in PROBE_EXAMPLES["refund"] and found.score >= 0.6
+    # the negative label is never matched, and an excluded label is not matched by the probe either
+    assert probed.classify("where is my parcel", "benign", margin=0.0) is None
+    assert probed.classify(text, "benign", margin=0.0, excluded=lambda label, _: label == "refund") is None
+    # a bar above what the probe gives: nothing
+    strict = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), default_threshold=0.99, probe_threshold=0.999)
+    assert strict.classify(text, "benign", margin=0.0) is None
+
+
+def test_linear_probe_training_is_deterministic() -> None:
+    first = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), probe_threshold=0.6)
+    second = SemanticMatcher(PROBE_EXAMPLES, BagOfWords(), probe_threshold=0.6)
+    assert first.probabilities("money order") == second.probabilities("money order")
