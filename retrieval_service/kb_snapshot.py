@@ -22,9 +22,11 @@ Chroma is the only source of truth; the snapshot is derived state, rebuilt from 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ from retrieval_service.sentence_index import (
     nearest_per_chunk,
     stored_sentence_ids,
 )
+from service_kit.abbreviations import named_phrases
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,12 @@ class Snapshot:
     # Every sentence vector of a small KB rebuilt in step with the collection (at most `sync_max_chunks`
     # chunks, rows held, under MATRIX_MAX_BYTES); None otherwise (its searches query the sentence collection).
     sentences: SentenceMatrix | None = None
+
+    @functools.cached_property
+    def names(self) -> Counter[str]:
+        """The help center's names ("American Express", "Priority Support") and how often each occurs, for
+        spelling out a customer's abbreviations (service_kit.abbreviations); empty when the rows are not held."""
+        return named_phrases(text for text, _ in (self.rows or {}).values())
 
 
 def probe_vectors(embedding: MiniLMEmbedding) -> list[np.ndarray]:

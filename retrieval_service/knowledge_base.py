@@ -44,6 +44,7 @@ from retrieval_service.relevance import (
     Threshold,
     is_relevant,
 )
+from service_kit.abbreviations import abbreviation_candidates, spell_out, spelled_names
 from service_kit.embedding import Vector
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class Outcome(Enum):
     UPDATED = "updated"
     UNCHANGED = "unchanged"
     REJECTED = "rejected"
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.lower())
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,7 @@ class KnowledgeBase:
         # Rare in the language: the model's vocabulary has no single piece for the term
         # (retrieval_service.lexical_index, "Exact terms").
         self._uncommon = lambda term: not embedding.model.is_whole_word(term)
+        self._is_whole_word = embedding.model.is_whole_word
         self._snapshots = SnapshotManager(
             store,
             self._sentences,
@@ -471,10 +477,25 @@ class KnowledgeBase:
             raise InvalidArgumentError("max_distance", f"{max_distance} is outside 0..2 (cosine distance)")
         where = self._where(filters or {})
         k = self.limits.default_top_k if top_k is None else top_k
-        search = functools.partial(self._search_by_vector, text, k, dict(filters or {}), where, max_distance)
+        names: list[str] = []
+        if abbreviation_candidates(_words(text), (), self._is_whole_word):
+            names = await asyncio.to_thread(self._spelled_names, text)
+            text = spell_out(text, names)
+        search = functools.partial(
+            self._search_by_vector, text, k, dict(filters or {}), where, max_distance, names
+        )
         if self._queries is not None:
             return await self._queries.run(text, search)
         return await asyncio.to_thread(lambda: search(self._embedding.embed_batch([text])[0]))
+
+    def _spelled_names(self, text: str) -> list[str]:
+        """The help center's names the abbreviations of `text` stand for (service_kit.abbreviations); none for
+        a KB whose rows are not held (too large to scan for names)."""
+        snapshot = self._snapshots.current()
+        if snapshot is None or snapshot.rows is None:
+            return []
+        known = {word for word in _words(text) if snapshot.lexical.knows(word)}
+        return spelled_names(text, known, self._is_whole_word, snapshot.names)
 
     @property
     def query_batcher(self) -> QueryBatcher | None:
@@ -495,9 +516,11 @@ class KnowledgeBase:
         filters: dict[str, str],
         where: dict[str, Any] | None,
         requested: float | None,
+        names: Sequence[str],
         vector: Vector,
     ) -> SearchResult:
-        """The search proper, in a worker thread, once the query is embedded."""
+        """The search proper, in a worker thread, once the query is embedded. `names`: what the query's
+        abbreviations stand for; a chunk that contains one holds an exact term of the query."""
         snapshot = self._snapshots.current()
         threshold = self._threshold(requested, snapshot.threshold if snapshot else None)
         wanted = max(k, CANDIDATES)
@@ -542,6 +565,9 @@ class KnowledgeBase:
             if chunk_id not in distance:
                 assert embedding is not None
                 distance[chunk_id] = max(0.0, 1.0 - float(np.dot(vector, embedding)))
+            named = tuple(name for name in names if name in text)
+            if named:
+                exact[chunk_id] = (*exact.get(chunk_id, ()), *named)
             candidates.append(
                 Hit(
                     doc_id=str(metadata.get("doc_id", "")),

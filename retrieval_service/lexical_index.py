@@ -142,6 +142,11 @@ class LexicalIndex:
             mask &= keep
         return mask
 
+    def knows(self, word: str) -> bool:
+        """Whether every term of `word` occurs in the index."""
+        terms = tokenize(word)
+        return bool(terms) and all(term in self._vocabulary for term in terms)
+
     def is_rare(self, term: str) -> bool:
         """Whether `term` occurs in the index, in at most RARE_SHARE of the chunks (or in just one)."""
         column = self._vocabulary.get(term)

@@ -14,7 +14,7 @@ results already in `messages`, and decides like a careful, literal-minded assist
   nothing (:mod:`agent_service.adapters.offline_orders`);
 * otherwise the sentences of the retrieved chunks that answer the question — ranked by meaning (sentence
   embeddings of the shared MiniLM model) and word overlap (abbreviations included:
-  :mod:`agent_service.adapters.abbreviations`), not by position — verbatim, each chunk's sentences
+  :mod:`service_kit.abbreviations`), not by position — verbatim, each chunk's sentences
   followed by its citation [n]; a follow-up is read in the context of the previous question (query_rewrite);
   the best sentence comes with the rest of its paragraph when that is short;
 * nothing relevant, or no sentence close enough to the question → it says it does not know and offers a human.
@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from agent_service import metrics
-from agent_service.adapters.abbreviations import abbreviation_candidates, spelled_by_word_starts
 from agent_service.adapters.offline_orders import (
     find_order_id as find_order_id,
 )
@@ -53,6 +52,13 @@ from agent_service.query_rewrite import contextual_query
 from agent_service.texts import DONT_KNOW
 from agent_service.write_intents import RETURN_TOOL, WRITE_TOOLS
 from service_kit import observability
+from service_kit.abbreviations import (
+    abbreviation_candidates,
+    named_phrases,
+    spell_out,
+    spelled_by_word_starts,
+    spelled_names,
+)
 from service_kit.semantic_match import Embedder, Vector, shared_cache
 
 logger = logging.getLogger(__name__)
@@ -255,7 +261,7 @@ def _sentences(text: str, hit_index: int = 0) -> list[Sentence]:
 
 def _lexical_overlap(wanted: set[str], sentence: Sentence, spelled_out: set[str] | None = None) -> float:
     """Share of the question's terms the sentence (or, at half weight, its heading) contains; `spelled_out` are
-    terms the sentence writes out in full (:mod:`agent_service.adapters.abbreviations`)."""
+    terms the sentence writes out in full (:mod:`service_kit.abbreviations`)."""
     if not wanted:
         return 0.0
     own = wanted & (_terms(sentence.text) | (spelled_out or set()))
@@ -284,6 +290,17 @@ def _spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedd
     ]
 
 
+def _with_names_spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedder | None) -> str:
+    """The question with its abbreviations of the candidates' names spelled out, as the retrieval service
+    searched it ("do you take amex (American Express)"; service_kit.abbreviations.spell_out)."""
+    is_whole_word = getattr(embedder, "is_whole_word", None)
+    if is_whole_word is None:
+        return question
+    known = {word for s in candidates for word in _content_words(f"{s.heading} {s.text}")}
+    names = named_phrases(s.text for s in candidates)
+    return spell_out(question, spelled_names(question, known, is_whole_word, names))
+
+
 @dataclass(frozen=True)
 class Scored:
     sentence: Sentence
@@ -303,7 +320,7 @@ class SentenceRanker:
 
     A sentence's score is its cosine similarity to the question (all-MiniLM-L6-v2, the model the retrieval
     service and the injection detector share) plus LEXICAL_WEIGHT times the share of the question's terms it
-    contains (an abbreviation of the question it writes out counts, :mod:`agent_service.adapters.abbreviations`),
+    contains (an abbreviation of the question it writes out counts, :mod:`service_kit.abbreviations`),
     minus HIT_RANK_PENALTY per rank of its chunk, plus ANSWER_TYPE_BONUS when it holds the kind of fact asked
     for; cross-references ("See the refund policy ...") lose CROSS_REFERENCE_PENALTY. A sentence is embedded
     under its section heading. For a follow-up (see
@@ -364,8 +381,9 @@ class SentenceRanker:
                     candidates.append(sentence)
         if not candidates:
             return []
-        wanted = _terms(question if context_query is None else context_query)
         embedder = self._model()
+        question = _with_names_spelled_out(question, candidates, embedder)
+        wanted = _terms(question if context_query is None else context_query)
         spelled_out = _spelled_out(question, candidates, embedder)
         lexical = [
             _lexical_overlap(wanted, sentence, spelled)

@@ -1,5 +1,5 @@
 """Abbreviations the customer writes and the help center spells out ("PRs" → "pull requests"), counted in the
-offline engine's word overlap (agent_service/adapters/abbreviations.py). The real MiniLM tokenizer decides what
+offline engine's word overlap (service_kit/abbreviations.py). The real MiniLM tokenizer decides what
 reads as an abbreviation; the sentences are written here, not taken from any suite."""
 
 from __future__ import annotations
@@ -8,9 +8,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent_service.adapters.abbreviations import abbreviation_candidates, spelled_by_word_starts
 from agent_service.adapters.offline_model import LEXICAL_WEIGHT, SentenceRanker
 from agent_service.domain import KbHit
+from service_kit.abbreviations import (
+    abbreviation_candidates,
+    named_phrases,
+    spell_out,
+    spelled_by_word_starts,
+    spelled_names,
+)
 from service_kit.embedding import MiniLMModel
 from service_kit.semantic_match import Vector
 
@@ -63,7 +69,54 @@ def test_the_sentence_that_spells_out_the_abbreviation_ranks_higher(model: MiniL
         for item in SentenceRanker(WithoutTokenizer(model)).rank(question, hits)
     }
     card = "We accept Visa, Mastercard and American Express at the front desk."
-    other = "Gift cards are sold online only."
+    # A name ("American Express") is spelled out in the question itself, as the retrieval service searched it:
+    # the sentence gains in meaning as well as in shared words.
+    assert spelled[card] - plain[card] > LEXICAL_WEIGHT / 2
+    assert max(spelled, key=lambda text: spelled[text]) == card
+
+
+def test_lower_case_words_that_spell_the_abbreviation_count_as_shared_words_only(model: MiniLMModel) -> None:
+    hits = [KbHit("payments.md", "payments.md#0", "Payments", PAYMENTS.lower(), 0.3)]
+    question = "do you take amex"
+    spelled = {item.sentence.text: item.score for item in SentenceRanker(model).rank(question, hits)}
+    plain = {
+        item.sentence.text: item.score
+        for item in SentenceRanker(WithoutTokenizer(model)).rank(question, hits)
+    }
+    card = "we accept visa, mastercard and american express at the front desk."
+    other = "gift cards are sold online only."
     # "amex" is one of the question's two terms ("take", "amex"): half the lexical weight.
     assert spelled[card] - plain[card] == pytest.approx(LEXICAL_WEIGHT / 2, abs=1e-4)
     assert spelled[other] == pytest.approx(plain[other], abs=1e-6)
+
+
+def test_names_are_runs_of_capitalised_words_and_their_parts() -> None:
+    names = named_phrases(
+        ["Ask Customer Support. We accept American Express and Apple Pay.", "Apple Pay too"]
+    )
+    assert names["Apple Pay"] == 2 and names["American Express"] == 1
+    assert names["Customer Support"] == 1 and names["Ask Customer Support"] == 1
+    assert "We" not in names and "accept American" not in names
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("do you take amex", ["American Express"]),
+        ("where do i sign the dpa", ["Data Processing Agreement"]),
+        ("pls help", []),  # spells no name
+        ("do you take visa", []),  # a whole word of the model's vocabulary is no abbreviation
+    ],
+)
+def test_spelled_names_are_names_the_whole_abbreviation_spells(query: str, expected: list[str]) -> None:
+    names = named_phrases(
+        ["We accept American Express. Sign our Data Processing Agreement. Apple Pay works."]
+    )
+    model = MiniLMModel.shared()
+    assert spelled_names(query, {"we", "accept"}, model.is_whole_word, names) == expected
+    assert spell_out(query, expected) == (f"{query} ({expected[0]})" if expected else query)
+
+
+def test_the_most_frequent_name_wins() -> None:
+    names = named_phrases(["American Express.", "Ample Extras. Ample Extras."])
+    assert spelled_names("amex?", set(), MiniLMModel.shared().is_whole_word, names) == ["Ample Extras"]
