@@ -131,11 +131,13 @@ MAX_SENTENCE_CHARS = 400
 # Sentences of the top MAX_ANSWER_HITS chunks are candidates: a third chunk never gave the answer on the tuning
 # data and adds about ten sentences to embed.
 MAX_ANSWER_HITS = 2
-# The answer: the best sentence and those within ANSWER_MARGIN of it (0.05 lost answers, 0.15 gained none),
-# at most MAX_ANSWER_SENTENCES, plus needed neighbours up to MAX_WITH_NEIGHBOURS sentences in all.
-MAX_ANSWER_SENTENCES = 3
+# The answer: the best sentence and those within ANSWER_MARGIN of it, at most MAX_ANSWER_SENTENCES, plus needed
+# neighbours up to MAX_WITH_NEIGHBOURS sentences in all. On the shipped, development and airline suites (text
+# expectations met, of 42 / 36 / 36; mean reply characters): 3 / 0.1: 42 / 33 / 27, 288-398; 4 / 0.15:
+# 42 / 33 / 30, 328-463; 5 / 0.2: 42 / 33 / 31, 380-522. 4 / 0.15 takes most of the gain for half the length.
+MAX_ANSWER_SENTENCES = 4
 MAX_WITH_NEIGHBOURS = 6
-ANSWER_MARGIN = 0.1
+ANSWER_MARGIN = 0.15
 # The best sentence's paragraph comes whole when it has at most this many characters: help-center paragraphs
 # state one rule with its condition or exception, and the best sentence is often the half that resembles the
 # question ("Most maintenance causes no downtime.") while the other half answers it ("... on Sundays ...").

@@ -75,9 +75,9 @@ def test_the_answer_is_the_sentence_that_answers_not_the_first_one(ranker: Sente
     assert best.sentence.text.startswith(
         "Import duties and VAT for these countries are paid by the recipient"
     )
-    # The answer is that sentence's short paragraph (the sentence it points back to comes with it).
-    assert [hit_index for hit_index, _ in chosen] == [0, 0]
-    assert chosen[1][1] == best.sentence.text
+    # The answer opens with that sentence's short paragraph (the sentence it points back to comes with it).
+    assert {hit_index for hit_index, _ in chosen} == {0}
+    assert chosen[0][1].startswith("We ship bikes to Norway") and chosen[1][1] == best.sentence.text
     assert len(chosen) <= MAX_ANSWER_SENTENCES
     # Verbatim: every sentence is the article's own text (wrapped lines joined).
     flat = " ".join(SHIPPING_ABROAD.split())
