@@ -60,14 +60,21 @@ class WithoutTokenizer:
         return self._model.embed(texts)
 
 
-def test_the_sentence_that_spells_out_the_abbreviation_ranks_higher(model: MiniLMModel) -> None:
-    hits = [KbHit("payments.md", "payments.md#0", "Payments", PAYMENTS, 0.3)]
-    question = "do you take amex"
+def _scores_with_and_without_tokenizer(
+    model: MiniLMModel, article: str, question: str = "do you take amex"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Sentence -> score, ranked with the tokenizer (abbreviations read) and without it (not read)."""
+    hits = [KbHit("payments.md", "payments.md#0", "Payments", article, 0.3)]
     spelled = {item.sentence.text: item.score for item in SentenceRanker(model).rank(question, hits)}
     plain = {
         item.sentence.text: item.score
         for item in SentenceRanker(WithoutTokenizer(model)).rank(question, hits)
     }
+    return spelled, plain
+
+
+def test_the_sentence_that_spells_out_the_abbreviation_ranks_higher(model: MiniLMModel) -> None:
+    spelled, plain = _scores_with_and_without_tokenizer(model, PAYMENTS)
     card = "We accept Visa, Mastercard and American Express at the front desk."
     # A name ("American Express") is spelled out in the question itself, as the retrieval service searched it:
     # the sentence gains in meaning as well as in shared words.
@@ -76,13 +83,7 @@ def test_the_sentence_that_spells_out_the_abbreviation_ranks_higher(model: MiniL
 
 
 def test_lower_case_words_that_spell_the_abbreviation_count_as_shared_words_only(model: MiniLMModel) -> None:
-    hits = [KbHit("payments.md", "payments.md#0", "Payments", PAYMENTS.lower(), 0.3)]
-    question = "do you take amex"
-    spelled = {item.sentence.text: item.score for item in SentenceRanker(model).rank(question, hits)}
-    plain = {
-        item.sentence.text: item.score
-        for item in SentenceRanker(WithoutTokenizer(model)).rank(question, hits)
-    }
+    spelled, plain = _scores_with_and_without_tokenizer(model, PAYMENTS.lower())
     card = "we accept visa, mastercard and american express at the front desk."
     other = "gift cards are sold online only."
     # "amex" is one of the question's two terms ("take", "amex"): half the lexical weight.

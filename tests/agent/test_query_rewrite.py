@@ -35,9 +35,13 @@ from tests.agent.test_turn_runner import Harness, ScriptedModel, _answer
         "Iceland?",
         "and if it's broken?",
         "how long does the link work?",
+        # longer ones that open as a continuation or point back with a pronoun
+        "how long till it shows up on my bank statement?",
+        "she is heavier than that with her carrier, can she travel in the hold instead?",
+        "and once the warehouse receives the parcel, how fast is the refund issued?",
     ],
 )
-def test_short_messages_that_point_back_are_follow_ups(message: str) -> None:
+def test_messages_that_point_back_are_follow_ups(message: str) -> None:
     assert is_follow_up(message)
 
 
@@ -53,18 +57,6 @@ def test_short_messages_that_point_back_are_follow_ups(message: str) -> None:
 )
 def test_questions_that_name_their_subject_are_not(message: str) -> None:
     assert not is_follow_up(message)
-
-
-@pytest.mark.parametrize(
-    "message",
-    [
-        "how long till it shows up on my bank statement?",
-        "she is heavier than that with her carrier, can she travel in the hold instead?",
-        "and once the warehouse receives the parcel, how fast is the refund issued?",
-    ],
-)
-def test_longer_messages_that_open_as_a_continuation_or_use_a_pronoun_are_follow_ups(message: str) -> None:
-    assert is_follow_up(message)
 
 
 def test_a_message_longer_than_the_pronoun_bound_names_its_own_subject() -> None:
