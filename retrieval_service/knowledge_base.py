@@ -547,6 +547,8 @@ class KnowledgeBase:
             distance[chunk_id] = min(nearest, distance.get(chunk_id, nearest))
         dense = sorted(distance.items(), key=lambda row: row[1])[:wanted]
         distance = dict(dense)
+        # A chunk cut from the dense list has no distance: if BM25 brings it back, it is read with its vector.
+        confirmed &= distance.keys()
         lexical = snapshot.lexical.search(query, wanted, filters, self._uncommon) if snapshot else []
         dense_rank = {chunk_id: rank for rank, (chunk_id, _) in enumerate(dense, start=1)}
         lexical_rank = {hit.chunk_id: rank for rank, hit in enumerate(lexical, start=1)}

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from devstack.credentials import role_channel
-from retrieval_service import sentence_index
+from retrieval_service import knowledge_base, sentence_index
 from retrieval_service.adapters.embedding import MiniLMEmbedding
+from retrieval_service.calibration import ON_TOPIC, load_markdown
 from retrieval_service.chunking import with_title
 from retrieval_service.config import Config
+from retrieval_service.kb_snapshot import SYNC_MAX_CHUNKS
 from retrieval_service.knowledge_base import DocumentIn, KnowledgeBase, Outcome
 from retrieval_service.server import StartedServer, build_knowledge_base
 from support.v1 import retrieval_pb2, retrieval_pb2_grpc
-from tests.retrieval.conftest import ServerFactory
+from tests.retrieval.conftest import KB_DIR, ServerFactory
 from tests.retrieval.helpers import retrieval_stub
 
 # One chunk that says many things; the question is about one sentence in the middle of it.
@@ -242,3 +244,29 @@ async def _same_hits(in_memory: KnowledgeBase, from_chroma: KnowledgeBase) -> No
         ), query
         if filters:
             assert {hit.metadata[key] for hit in first.hits for key in filters} == set(filters.values())
+
+
+@pytest.mark.parametrize("sentences_in_memory", [True, False])
+async def test_a_chunk_cut_from_the_dense_list_that_bm25_brings_back_still_gets_a_distance(
+    tmp_path: Path, embedding: MiniLMEmbedding, monkeypatch: pytest.MonkeyPatch, sentences_in_memory: bool
+) -> None:
+    """A chunk Chroma returned (or whose sentence it returned) but that nearer sentences cut from the dense
+    candidates (`CANDIDATES`) may come back through BM25: it is read with its vector for a distance, not taken
+    from the held rows without one (which failed the search with INTERNAL), whichever sentence path runs."""
+    monkeypatch.setattr(knowledge_base, "CANDIDATES", 1)
+    kb = build_knowledge_base(
+        Config(data_dir=tmp_path, collection="held"),
+        embedding,
+        sync_index_max_chunks=SYNC_MAX_CHUNKS if sentences_in_memory else 0,
+    )
+    try:
+        await kb.ingest(load_markdown(KB_DIR), prune_changed_sections=True)
+        kb.warm()
+        snapshot = kb._snapshots.current()
+        assert snapshot is not None and snapshot.rows is not None
+        assert (snapshot.sentences is not None) == sentences_in_memory
+        for question in ON_TOPIC:
+            result = await kb.search(question, top_k=3, max_distance=2.0)
+            assert result.hits and all(0.0 <= hit.distance <= 2.0 for hit in result.hits), question
+    finally:
+        await kb.close()
