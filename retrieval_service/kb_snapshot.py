@@ -72,8 +72,12 @@ class Snapshot:
     @functools.cached_property
     def names(self) -> Counter[str]:
         """The help center's names ("American Express", "Priority Support") and how often each occurs, for
-        spelling out a customer's abbreviations (service_kit.abbreviations); empty when the rows are not held."""
-        return named_phrases(text for text, _ in (self.rows or {}).values())
+        spelling out a customer's abbreviations (service_kit.abbreviations). Counted on the first search that
+        needs them (~0.1 s at SYNC_MAX_CHUNKS chunks); empty when the rows are not held or are more than that,
+        so no search after a write of a large KB waits for a scan of all its text."""
+        if self.rows is None or len(self.rows) > SYNC_MAX_CHUNKS:
+            return Counter()
+        return named_phrases(text for text, _ in self.rows.values())
 
 
 def probe_vectors(embedding: MiniLMEmbedding) -> list[np.ndarray]:
