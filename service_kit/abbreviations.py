@@ -31,6 +31,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 MIN_LETTERS = 2
 MAX_LETTERS = 5
 MAX_PREFIX = 2
+# A name is spelled out for an abbreviation of at least this many letters: two letters spell the initials of
+# too many names ("CSS", read as "cs", was "Contacting Skyhop"; Spanish "mes" was "Microsoft Entra").
+MIN_NAME_LETTERS = 3
 
 
 def spelled_by_word_starts(short: str, words: Sequence[str], whole: bool = False) -> bool:
@@ -97,6 +100,8 @@ def spelled_names(
     words = re.findall(r"[^\W_]+", query.lower())
     found: list[str] = []
     for short in dict.fromkeys(abbreviation_candidates(words, known_words, is_whole_word).values()):
+        if len(short) < MIN_NAME_LETTERS:
+            continue
         matching = [
             name
             for name in names
