@@ -17,8 +17,9 @@ When the abbreviation spells a *name* of the help center — a phrase of capital
 the retrieval service (:mod:`retrieval_service.knowledge_base`) spells it out in the query before it searches
 ("do you take amex" → "do you take amex (American Express)"), so both the embedding and BM25 see the help
 center's words, and a chunk that contains the name holds an exact term of the query (relevant at any
-distance). The offline engine spells it out the same way from the names in the retrieved chunks, so it ranks
-its sentences against the query that was searched. Lower-case words are never spelled out: two or three of
+distance). The offline engine finds the same names in the retrieved chunks: a sentence that contains one is
+compared with the spelled-out question and shares a term with it, the others with the question as written (so
+"Express shipping" earns nothing from "American Express"). Lower-case words are never spelled out: two or three of
 them spell almost any short word ("pls": "place labels on ...").
 """
 

@@ -292,15 +292,16 @@ def _spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedd
     ]
 
 
-def _with_names_spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedder | None) -> str:
-    """The question with its abbreviations of the candidates' names spelled out, as the retrieval service
-    searched it ("do you take amex (American Express)"; service_kit.abbreviations.spell_out)."""
+def _names_of_abbreviations(
+    question: str, candidates: Sequence[Sentence], embedder: Embedder | None
+) -> list[str]:
+    """The candidates' names the question's abbreviations stand for ("amex" -> "American Express"), as the
+    retrieval service found them (service_kit.abbreviations)."""
     is_whole_word = getattr(embedder, "is_whole_word", None)
     if is_whole_word is None:
-        return question
+        return []
     known = {word for s in candidates for word in _content_words(f"{s.heading} {s.text}")}
-    names = named_phrases(s.text for s in candidates)
-    return spell_out(question, spelled_names(question, known, is_whole_word, names))
+    return spelled_names(question, known, is_whole_word, named_phrases(s.text for s in candidates))
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ class SentenceRanker:
         if not candidates:
             return []
         embedder = self._model()
-        question = _with_names_spelled_out(question, candidates, embedder)
+        names = _names_of_abbreviations(question, candidates, embedder)
         wanted = _terms(question if context_query is None else context_query)
         spelled_out = _spelled_out(question, candidates, embedder)
         lexical = [
@@ -396,8 +397,22 @@ class SentenceRanker:
             similarity = lexical
         else:
             queries = [question] if context_query is None else [question, context_query]
+            if names:
+                # A sentence that contains the name is compared with the question as searched, spelled out
+                # ("do you take amex (American Express)"); the others with the question as written, so that
+                # part of a name ("Express shipping") earns nothing.
+                queries = [*queries, *(spell_out(query, names) for query in queries)]
             query_matrix, sentence_matrix = self._vectors(embedder, queries, _embedding_texts(candidates))
-            similarity = [float(value) for value in (sentence_matrix @ query_matrix.T).mean(axis=1)]
+            both = sentence_matrix @ query_matrix.T
+            half = len(queries) // 2 if names else len(queries)
+            similarity = [
+                float(
+                    row[half:].mean()
+                    if names and any(name in s.text for name in names)
+                    else row[:half].mean()
+                )
+                for s, row in zip(candidates, both, strict=True)
+            ]
         scored: list[Scored] = []
         for sentence, sim, overlap in zip(candidates, similarity, lexical, strict=True):
             score = sim - HIT_RANK_PENALTY * sentence.hit_index
@@ -407,7 +422,9 @@ class SentenceRanker:
                 score -= CROSS_REFERENCE_PENALTY
             if _has_answer_type(question, sentence.text):
                 score += ANSWER_TYPE_BONUS
-            scored.append(Scored(sentence, score, sim, bool(wanted & _terms(sentence.text))))
+            # The name an abbreviation stands for is the customer's own word, written out.
+            shares = bool(wanted & _terms(sentence.text)) or any(name in sentence.text for name in names)
+            scored.append(Scored(sentence, score, sim, shares))
         scored.sort(key=lambda item: (-item.score, item.sentence.hit_index, item.sentence.position))
         return scored
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from agent_service.adapters.offline_model import LEXICAL_WEIGHT, SentenceRanker
+from agent_service.adapters.offline_model import LEXICAL_WEIGHT, SentenceRanker, best_sentences
 from agent_service.domain import KbHit
 from service_kit.abbreviations import (
     abbreviation_candidates,
@@ -123,3 +123,28 @@ def test_spelled_names_are_names_the_whole_abbreviation_spells(query: str, expec
 def test_the_most_frequent_name_wins() -> None:
     names = named_phrases(["American Express.", "Ample Extras. Ample Extras."])
     assert spelled_names("amex?", set(), MiniLMModel.shared().is_whole_word, names) == ["Ample Extras"]
+
+
+PAYING = """# Paying for your order
+
+The shop accepts Visa, Mastercard, American Express and Discover credit and debit cards, PayPal, Apple Pay and
+gift cards.
+You can combine one gift card with one other payment method.
+"""
+EXPRESS = """# Express delivery
+
+Express delivery costs $14.99 per order and is available for most items and most addresses.
+Express orders placed before 2 pm are usually delivered the next business day.
+"""
+
+
+def test_part_of_a_name_in_another_article_earns_nothing(model: MiniLMModel) -> None:
+    """'amex' is searched as 'amex (American Express)'; the delivery article's "Express" is no part of that
+    answer: only a sentence with the whole name is compared with the spelled-out question."""
+    hits = [
+        KbHit("paying.md", "paying.md#0", "Paying for your order", PAYING, 0.5),
+        KbHit("express.md", "express.md#0", "Express delivery", EXPRESS, 0.4),
+    ]
+    chosen = best_sentences("do u take amex", hits, SentenceRanker(model))
+    assert chosen and "American Express" in chosen[0][1]
+    assert all(hit_index == 0 for hit_index, _ in chosen), chosen
