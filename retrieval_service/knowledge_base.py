@@ -44,7 +44,7 @@ from retrieval_service.relevance import (
     Threshold,
     is_relevant,
 )
-from service_kit.abbreviations import abbreviation_candidates, spell_out, spelled_names
+from service_kit.abbreviations import abbreviation_candidates, spell_out, spelled_names, words_of
 from service_kit.embedding import Vector
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,6 @@ class Outcome(Enum):
     UPDATED = "updated"
     UNCHANGED = "unchanged"
     REJECTED = "rejected"
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[^\W_]+", text.lower())
 
 
 @dataclass(frozen=True)
@@ -478,7 +474,7 @@ class KnowledgeBase:
         where = self._where(filters or {})
         k = self.limits.default_top_k if top_k is None else top_k
         names: list[str] = []
-        if abbreviation_candidates(_words(text), (), self._is_whole_word):
+        if abbreviation_candidates(words_of(text), (), self._is_whole_word):
             names = await asyncio.to_thread(self._spelled_names, text)
             text = spell_out(text, names)
         search = functools.partial(
@@ -494,7 +490,7 @@ class KnowledgeBase:
         snapshot = self._snapshots.current()
         if snapshot is None or snapshot.rows is None:
             return []
-        known = {word for word in _words(text) if snapshot.lexical.knows(word)}
+        known = {word for word in words_of(text) if snapshot.lexical.knows(word)}
         return spelled_names(text, known, self._is_whole_word, snapshot.names)
 
     @property

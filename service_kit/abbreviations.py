@@ -70,6 +70,11 @@ def abbreviation_candidates(
     return found
 
 
+def words_of(text: str) -> list[str]:
+    """The lower-cased words of `text` (letters and digits), as abbreviations are looked for in it."""
+    return re.findall(r"[^\W_]+", text.lower())
+
+
 # A name: two to four capitalised words ("American Express", "Priority Support", "Data Processing Agreement").
 _NAME = re.compile(r"\b[A-Z][a-z]+(?:[ -][A-Z][a-z]+){1,3}\b")
 
@@ -98,9 +103,8 @@ def spelled_names(
     """The names the abbreviations of `query` stand for, one per abbreviation that has one (the most frequent
     name it spells). `known_words`: words the help center itself uses (never abbreviations); `names`: name ->
     count (:func:`named_phrases`)."""
-    words = re.findall(r"[^\W_]+", query.lower())
     found: list[str] = []
-    for short in dict.fromkeys(abbreviation_candidates(words, known_words, is_whole_word).values()):
+    for short in dict.fromkeys(abbreviation_candidates(words_of(query), known_words, is_whole_word).values()):
         if len(short) < MIN_NAME_LETTERS:
             continue
         matching = [

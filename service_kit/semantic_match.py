@@ -366,7 +366,10 @@ class SemanticMatcher:
         """The probe's label probabilities for the whole (normalised) text; None without a probe."""
         if self._probe is None:
             return None
-        return self._probe.probabilities(np.asarray(self._vectors([self.normalise(text)])[0], np.float32))
+        return self._probe.probabilities(self._vector(self.normalise(text)))
+
+    def _vector(self, normalised: str) -> npt.NDArray[np.float32]:
+        return np.asarray(self._vectors([normalised])[0], dtype=np.float32)
 
     def _probe_match(
         self, whole: str, positives: Sequence[str], excluded: Callable[[str, str], bool] | None
@@ -375,8 +378,8 @@ class SemanticMatcher:
         (and the text is not excluded for it); the label's example nearest the text is named."""
         if self._probe is None or self.probe_threshold is None or not whole:
             return None
-        vector = np.asarray(self._vectors([whole])[0], dtype=np.float32)
-        probabilities = self._probe.probabilities(vector)  # not self.probabilities: `whole` is normalised
+        vector = self._vector(whole)
+        probabilities = self._probe.probabilities(vector)
         label = max(probabilities, key=lambda name: probabilities[name])
         if label not in positives or probabilities[label] < self.probe_threshold:
             return None

@@ -275,33 +275,27 @@ def _content_words(text: str) -> list[str]:
     return [word for word in _WORD.findall(text.lower()) if word not in _STOPWORDS]
 
 
-def _spelled_out(question: str, candidates: Sequence[Sentence], embedder: Embedder | None) -> list[set[str]]:
-    """For each candidate, the question's terms it writes out in full ("pull requests" for "PRs"); none
-    without the embedding model's tokenizer, which tells an abbreviation from a word."""
+def _abbreviations(
+    question: str, candidates: Sequence[Sentence], embedder: Embedder | None
+) -> tuple[list[set[str]], list[str]]:
+    """The question's abbreviations (service_kit.abbreviations) against the candidates: for each candidate,
+    the question's terms it writes out in full ("pull requests" for "PRs"), and the candidates' names they
+    stand for ("amex" -> "American Express", as the retrieval service found them); none without the embedding
+    model's tokenizer, which tells an abbreviation from a word."""
     is_whole_word = getattr(embedder, "is_whole_word", None)
     if is_whole_word is None:
-        return [set() for _ in candidates]
+        return [set() for _ in candidates], []
     known = {word for s in candidates for word in _content_words(f"{s.heading} {s.text}")}
+    names = spelled_names(question, known, is_whole_word, named_phrases(s.text for s in candidates))
     known |= {_stem(word) for word in known}
     abbreviations = abbreviation_candidates(_content_words(question), known, is_whole_word)
     if not abbreviations:
-        return [set() for _ in candidates]
-    return [
+        return [set() for _ in candidates], names
+    spelled = [
         {_stem(word) for word, short in abbreviations.items() if spelled_by_word_starts(short, words)}
         for words in (_content_words(s.text) for s in candidates)
     ]
-
-
-def _names_of_abbreviations(
-    question: str, candidates: Sequence[Sentence], embedder: Embedder | None
-) -> list[str]:
-    """The candidates' names the question's abbreviations stand for ("amex" -> "American Express"), as the
-    retrieval service found them (service_kit.abbreviations)."""
-    is_whole_word = getattr(embedder, "is_whole_word", None)
-    if is_whole_word is None:
-        return []
-    known = {word for s in candidates for word in _content_words(f"{s.heading} {s.text}")}
-    return spelled_names(question, known, is_whole_word, named_phrases(s.text for s in candidates))
+    return spelled, names
 
 
 @dataclass(frozen=True)
@@ -385,9 +379,10 @@ class SentenceRanker:
         if not candidates:
             return []
         embedder = self._model()
-        names = _names_of_abbreviations(question, candidates, embedder)
+        spelled_out, names = _abbreviations(question, candidates, embedder)
+        # The name an abbreviation stands for is the customer's own word, written out.
+        named = [any(name in s.text for name in names) for s in candidates]
         wanted = _terms(question if context_query is None else context_query)
-        spelled_out = _spelled_out(question, candidates, embedder)
         lexical = [
             _lexical_overlap(wanted, sentence, spelled)
             for sentence, spelled in zip(candidates, spelled_out, strict=True)
@@ -406,15 +401,11 @@ class SentenceRanker:
             both = sentence_matrix @ query_matrix.T
             half = len(queries) // 2 if names else len(queries)
             similarity = [
-                float(
-                    row[half:].mean()
-                    if names and any(name in s.text for name in names)
-                    else row[:half].mean()
-                )
-                for s, row in zip(candidates, both, strict=True)
+                float(row[half:].mean() if has_name else row[:half].mean())
+                for has_name, row in zip(named, both, strict=True)
             ]
         scored: list[Scored] = []
-        for sentence, sim, overlap in zip(candidates, similarity, lexical, strict=True):
+        for sentence, sim, overlap, has_name in zip(candidates, similarity, lexical, named, strict=True):
             score = sim - HIT_RANK_PENALTY * sentence.hit_index
             if embedder is not None:
                 score += LEXICAL_WEIGHT * overlap
@@ -422,9 +413,7 @@ class SentenceRanker:
                 score -= CROSS_REFERENCE_PENALTY
             if _has_answer_type(question, sentence.text):
                 score += ANSWER_TYPE_BONUS
-            # The name an abbreviation stands for is the customer's own word, written out.
-            shares = bool(wanted & _terms(sentence.text)) or any(name in sentence.text for name in names)
-            scored.append(Scored(sentence, score, sim, shares))
+            scored.append(Scored(sentence, score, sim, bool(wanted & _terms(sentence.text)) or has_name))
         scored.sort(key=lambda item: (-item.score, item.sentence.hit_index, item.sentence.position))
         return scored
 
