@@ -39,7 +39,7 @@ from agent_service.turn_contract import RetrievalResult
 MAX_FOLLOW_UP_CONTENT_WORDS: Final[int] = 3
 # A longer message that opens like a continuation or points back with a pronoun ("how long till it shows up
 # on my card?", "can she go in the hold then?") still leans on the previous one. Set to 8 and checked on the
-# shipped, development and airline suites (no grid: none of their follow-ups has more).
+# shipped, development and airline suites (no grid: their longest second or later turn has 7).
 MAX_POINTING_BACK_CONTENT_WORDS: Final[int] = 8
 # How many earlier customer messages a chain of follow-ups may lean on.
 MAX_CONTEXT_MESSAGES: Final[int] = 3
